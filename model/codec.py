@@ -84,7 +84,7 @@ class Codec:
         self.nbytes = (self.size + 7) // 8
         self.fields = flat_fields(self.layout)
         self._classes: dict[str, type] = {}
-        self.record = self._make_class(self.layout, self.name)
+        self.record = self._make_class(layout, self.name)
         ns = self._classes | {"FieldRangeError": FieldRangeError}
         exec(self._gen_unpack(), ns)  # noqa: S102 - code generated from the layout
         exec(self._gen_pack(), ns)    # noqa: S102
@@ -93,6 +93,13 @@ class Codec:
 
     # -- record classes -------------------------------------------------
     def _make_class(self, layout, cname: str) -> type:
+        # One record class per Struct class across all codecs, so a FlowKey
+        # nested in a FlowEntry compares equal to a codec(FlowKey) record.
+        shared_key = layout if isinstance(layout, type) else None
+        if shared_key is not None and shared_key in _RECORD_CLASSES:
+            cls = _RECORD_CLASSES[shared_key]
+            self._register(cls)
+            return cls
         layout = data.Layout.cast(layout)
         fields = []
         for name, field in layout:
@@ -103,14 +110,22 @@ class Codec:
                     fields.append((name, list, dataclasses.field(
                         default_factory=self._array_factory(sub, f"{cname}_{name}"))))
                 else:
-                    cls = self._make_class(sub, _layout_name(shape) if isinstance(shape, type)
-                                           else f"{cname}_{name}")
+                    is_class = isinstance(shape, type)
+                    cls = self._make_class(shape if is_class else sub,
+                                           _layout_name(shape) if is_class else f"{cname}_{name}")
                     fields.append((name, cls, dataclasses.field(default_factory=cls)))
             else:
                 fields.append((name, int, dataclasses.field(default=0)))
         cls = dataclasses.make_dataclass(cname, fields, slots=True)
         self._classes[cls.__name__] = cls
+        if shared_key is not None:
+            _RECORD_CLASSES[shared_key] = cls
+            cls._nested = dict(self._classes)  # classes its unpack code refers to
         return cls
+
+    def _register(self, cls) -> None:
+        self._classes.update(getattr(cls, "_nested", {}))
+        self._classes[cls.__name__] = cls
 
     def _array_factory(self, layout: data.ArrayLayout, cname: str):
         elem = layout.elem_shape
@@ -138,8 +153,8 @@ class Codec:
             shape = field.shape
             if _is_aggregate(shape):
                 sub = data.Layout.cast(shape)
-                sname = (_layout_name(shape) if isinstance(shape, type) and not isinstance(sub, data.ArrayLayout)
-                         else f"{cname}_{name}")
+                is_struct_class = isinstance(shape, type) and not isinstance(sub, data.ArrayLayout)
+                sname = _layout_name(shape) if is_struct_class else f"{cname}_{name}"
                 args.append(f"{name}={self._unpack_expr(shape, base + field.offset, sname)}")
             else:
                 w = Shape.cast(shape).width
@@ -174,7 +189,7 @@ class Codec:
             mask = (1 << width) - 1
             path = f"{self.name}{access[1:]}"
             lines.append(f"    x = {access}")
-            lines.append(f"    if x.__class__ is not int and not isinstance(x, int) or x < 0 or x > {mask:#x}:")
+            lines.append(f"    if not isinstance(x, int) or x < 0 or x > {mask:#x}:")
             lines.append(f"        raise FieldRangeError(f'{path} = {{x!r}} does not fit {width} bits')")
             lines.append(f"    v |= x << {offset}" if offset else "    v |= x")
         lines.append("    return v")
@@ -211,6 +226,7 @@ class Codec:
 
 
 _CACHE: dict[int, Codec] = {}
+_RECORD_CLASSES: dict[type, type] = {}
 
 
 def codec(layout) -> Codec:

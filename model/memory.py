@@ -13,7 +13,7 @@ import abc
 from dataclasses import dataclass
 
 from cxlnic.config import NicConfig
-from cxlnic.hdl.layouts import FORMAT_VERSION, LINE_BYTES, MAGIC, SLOTS_PER_BUCKET, Header, HashKeyLine
+from cxlnic.hdl.layouts import FORMAT_VERSION, LINE_BYTES, MAGIC, SLOTS_PER_BUCKET, HashKeyLine, Header
 from cxlnic.model.codec import codec
 
 __all__ = [
@@ -145,7 +145,7 @@ class Geometry:
             if n:
                 spans.append((off, off + n, name))
         spans.sort()
-        for (a0, a1, an), (b0, b1, bn) in zip(spans, spans[1:]):
+        for (a0, a1, an), (b0, b1, bn) in zip(spans, spans[1:], strict=False):
             if b0 < a1:
                 raise FormatError(f"line 0: regions {an} [{a0}, {a1}) and {bn} [{b0}, {b1}) overlap")
         key = bytes(codec(HashKeyLine).from_bytes(mem.read_line(h.hashkey_off)).key)

@@ -77,7 +77,7 @@ class Toeplitz:
         if len(data) != self.nbytes:
             raise ValueError(f"expected {self.nbytes} input bytes, got {len(data)}")
         h = 0
-        for t, byte in zip(self.tables, data):
+        for t, byte in zip(self.tables, data, strict=True):
             h ^= t[byte]
         return h
 
