@@ -218,7 +218,8 @@ class FlowEntry(data.Struct):
     """
     valid: 1
     reply: 1             # this entry is the reply direction of a connection
-    _rsvd0: 2
+    fin: 1               # this direction has sent a FIN
+    nocache: 1           # the fast path must not decide this flow's packets (always upcall)
     conn_state: ConnState
     action: 20
     counter: 24

@@ -1,0 +1,69 @@
+# cxlnic — the commands a user runs.  The first run of any target builds
+# .venv from pyproject.toml; later runs reuse it (rebuilt when pyproject changes).
+
+PYTHON ?= python3.11
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+BUILD  := build
+
+# make sim options
+SCENARIO ?= mixed
+PACKETS  ?= 100000
+SEED     ?= 1
+PCAP     ?=
+RULES    ?=
+TYPE     ?= 2
+# pytest-xdist workers for make test
+JOBS     ?= auto
+
+.PHONY: all venv sim test regress verilog lint bench docs check-docs clean distclean help
+
+all: help
+
+help:
+	@echo "make sim      run the default scenario and print a report (SCENARIO= PACKETS= SEED= PCAP= RULES= TYPE=)"
+	@echo "make test     unit, property and block tests (JUnit XML in build/test-results.xml)"
+	@echo "make regress  long-seed regression"
+	@echo "make bench    benchmarks -> build/bench/*.json"
+	@echo "make docs     regenerate docs/table-format.md (and build/table-format.json, build/cxlnic_tables.h)"
+	@echo "make verilog  generate Verilog for the datapath top"
+	@echo "make lint     ruff (and Verilator lint once RTL exists)"
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
+	@echo "== installing cxlnic and its dependencies into $(VENV) (first run only) =="
+	$(PY) -m pip install --disable-pip-version-check -q -e .
+	@touch $(STAMP)
+
+venv: $(STAMP)
+
+sim: $(STAMP)
+	$(PY) -m cxlnic.cli sim --scenario $(SCENARIO) --packets $(PACKETS) --seed $(SEED) \
+		$(if $(PCAP),--pcap $(PCAP)) $(if $(RULES),--rules $(RULES)) --type $(TYPE) --out $(BUILD)/sim
+
+test: $(STAMP)
+	@mkdir -p $(BUILD)
+	$(PY) -m pytest -n $(JOBS) -m "not slow" --junitxml=$(BUILD)/test-results.xml
+
+regress: $(STAMP)
+	@mkdir -p $(BUILD)
+	HYPOTHESIS_PROFILE=long $(PY) -m pytest -n $(JOBS) --junitxml=$(BUILD)/regress-results.xml
+
+bench: $(STAMP)
+	$(PY) scripts/bench_model.py --out $(BUILD)/bench
+
+docs: $(STAMP)
+	$(PY) scripts/gen_table_doc.py
+
+verilog: $(STAMP)
+	$(PY) -m cxlnic.cli verilog --out $(BUILD)/verilog
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+clean:
+	rm -rf $(BUILD)
+
+distclean: clean
+	rm -rf $(VENV) *.egg-info
