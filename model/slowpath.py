@@ -31,10 +31,15 @@ Decision procedure for one frame (``docs/slow-path.md`` has the rationale):
    and counts on the rule's counter.  No matching rule drops the packet
    (reason ``no_match``).
 
-Connection tracking covers TCP and UDP; the zone is the tenant.  A
+Connection tracking covers TCP and UDP; the zone is the tenant.  As with
+OVS's ``ct()``, a packet goes through conntrack (advances its connection's
+state) only when the rule that decides it matches on ``ct_state`` or commits;
+its ``ct_state`` is what tracking *would* say.  So connection state does not
+depend on which path decided other packets, and the CAM's condition above
+makes sure the hardware never decides a packet that conntrack must see.  A
 connection is created by a ``ct(commit)`` rule on a NEW packet (original
 direction entry); the reply-direction entry is installed by the first reply
-packet the host sees; both entries carry the same state.  When a connection
+packet that goes through conntrack; both entries carry the same state.  When a connection
 becomes ESTABLISHED (or a UDP one is answered) each direction's entry gets the
 action of the rules as classified with ``ct_state=+trk+est(+rpl)`` and TCP
 flags ``ack``; if a rule at or above that answer matches TCP flags the entry
@@ -325,31 +330,35 @@ class SlowPath:
             if orig_idx is None:
                 orig_idx = self._conns.get(_conn_tuple(f, reverse=True))
                 reply = orig_idx is not None
-        conn_update = None
-        if orig_idx is not None:
-            conn_update = self._conn_step(orig_idx, reply, key, now)
-            if conn_update == "reopen":
-                self._delete_conn(orig_idx, "reopened")
-                orig_idx, conn_update = None, None
-        if conn_update is not None:
-            key.ct_state = conn_update[0]
+        step = self._conn_step(orig_idx, reply, key) if orig_idx is not None else None
+        reopen = step == "reopen"
+        if step is not None and not reopen:
+            key.ct_state = step[0]
         elif _tracked(f):
             key.ct_state = TRK | NEW if (f.ip_proto == 17 or key.tcp_flags & (SYN | ACK) == SYN) \
                 else TRK | INV
         else:
             key.ct_state = 0
         i = self.rules.classify(key)
-        if conn_update is not None:
-            installed += self._conn_commit_step(orig_idx, reply, key, conn_update, now)
         if i is None:
             st.drops["no_match"] += 1
             return Decision(Path.SLOW, Verdict.DROP, 0, bytes(frame), key, upcall=upcall,
-                            drop_reason="no_match", installed=installed)
+                            drop_reason="no_match")
         a = self.rules.action_index_of(i)
         act = self._action(a)
-        if orig_idx is None and act.ct_commit and key.ct_state & NEW:
-            installed += self._commit(key, a, now)
-        elif orig_idx is None and hit is None and not act.ct_commit:
+        # Only packets whose deciding rule involves conntrack (matches ct_state or
+        # commits) go through it, as with OVS's ct(); that keeps connection state
+        # independent of which path (CAM, flow, host) decided the other packets.
+        through_ct = bool(act.ct_commit or self.rules.rule_at(i).ct_state_mask)
+        if through_ct:
+            if reopen:
+                self._delete_conn(orig_idx, "reopened")
+                orig_idx = None
+            if orig_idx is not None:
+                installed += self._conn_commit_step(orig_idx, reply, key, step, now)
+            elif act.ct_commit and key.ct_state & NEW:
+                installed += self._commit(key, a, now)
+        elif orig_idx is None and hit is None:
             first_ct, first_tcpf = self._first_masked()
             if i < first_ct and i < first_tcpf:
                 e = FENTRY.new(key=f, conn_state=S.NONE, action=a, last_seen=now)
@@ -372,8 +381,12 @@ class SlowPath:
         return d
 
     # -- connection tracking ----------------------------------------------------
-    def _conn_step(self, orig_idx: int, reply: bool, key, now: int):
-        """Advance the connection of ``orig_idx``; returns (ct_state, new_state, fin) or "reopen"."""
+    def _conn_step(self, orig_idx: int, reply: bool, key):
+        """What this packet does to the connection of ``orig_idx`` (nothing is written).
+
+        Returns ``(ct_state, new state, this direction sent FIN)``, or "reopen"
+        for a fresh SYN on a closed connection (it then counts as NEW).
+        """
         o = self.flows.read_entry(orig_idx)
         r = self.flows.read_entry(o.peer) if o.has_peer else None
         if key.flow.ip_proto == 6:
