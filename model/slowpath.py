@@ -21,17 +21,22 @@ Decision procedure for one frame (``docs/slow-path.md`` has the rationale):
    ``cam_entries``, looked up with ``ct_state = 0`` (the hardware does not
    know connection state).  The CAM decides (path ``cam``) unless its rule
    commits a connection (upcall ``ct_commit``), or the packet is TCP/UDP and
-   some rule at or above it matches on ``ct_state`` (upcall ``ct_rule``) —
-   then the hardware's guess of ``ct_state`` could change the answer.  No CAM
+   a rule at or above it that matches on ``ct_state`` matches the packet's
+   other fields (upcall ``ct_rule``) — then the hardware's guess of
+   ``ct_state`` could change the answer.  No CAM
    match is an upcall (``cam_miss``).
 4. The host (path ``slow``): computes the true ``ct_state`` from the
    connection (state machine below), classifies over all rules, commits
-   connections (``ct(commit)``), installs reactive exact-match flows when the
-   decision cannot depend on ``ct_state`` or TCP flags, applies the action
+   connections (``ct(commit)``), installs reactive exact-match flows when no
+   rule at or above the decision that matches on ``ct_state`` or TCP flags
+   matches the packet's other fields (so every packet of that exact flow gets
+   the same decision), applies the action
    and counts on the rule's counter.  No matching rule drops the packet
    (reason ``no_match``).
 
-Connection tracking covers TCP and UDP; the zone is the tenant.  As with
+Connection tracking covers TCP and UDP, in one zone (OVS's default zone
+0: the 5-tuple and ethertype identify a connection, whatever the tenant or
+port each direction arrives with).  As with
 OVS's ``ct()``, a packet goes through conntrack (advances its connection's
 state) only when the rule that decides it matches on ``ct_state`` or commits;
 its ``ct_state`` is what tracking *would* say.  So connection state does not
@@ -42,8 +47,9 @@ direction entry); the reply-direction entry is installed by the first reply
 packet that goes through conntrack; both entries carry the same state.  When a connection
 becomes ESTABLISHED (or a UDP one is answered) each direction's entry gets the
 action of the rules as classified with ``ct_state=+trk+est(+rpl)`` and TCP
-flags ``ack``; if a rule at or above that answer matches TCP flags the entry
-is marked ``nocache`` and its packets keep going to the host.  Rule changes
+flags ``ack``; if a rule at or above that answer that matches on TCP flags
+could match the entry's key, the entry is marked ``nocache`` and its packets
+keep going to the host.  Rule changes
 flush reactive flows and re-resolve established ones.
 """
 
@@ -60,7 +66,7 @@ from cxlnic.model.codec import codec
 from cxlnic.model.counters import CounterBank
 from cxlnic.model.flowtable import FlowTable
 from cxlnic.model.flowtable import TableFull as FlowTableFull
-from cxlnic.model.match import ACTION, PKEY
+from cxlnic.model.match import ACTION, PKEY, RULE, rule_matches
 from cxlnic.model.memory import Geometry, TableMemory
 from cxlnic.model.parser import parse
 from cxlnic.model.rules import RuleTable
@@ -127,9 +133,15 @@ def _tracked(f) -> bool:
 
 
 def _conn_tuple(f, reverse: bool = False) -> tuple:
+    """A connection's identity: one conntrack zone, as OVS's default zone 0.
+
+    The tenant is left out on purpose: the two directions of a tenant's
+    conversation can arrive with different tenant ids (VXLAN from the uplink
+    carries the VNI, the VM port's replies are untunnelled).
+    """
     if reverse:
-        return (f.tenant, f.eth_type, f.ip_proto, f.dst_ip, f.src_ip, f.dst_port, f.src_port)
-    return (f.tenant, f.eth_type, f.ip_proto, f.src_ip, f.dst_ip, f.src_port, f.dst_port)
+        return (f.eth_type, f.ip_proto, f.dst_ip, f.src_ip, f.dst_port, f.src_port)
+    return (f.eth_type, f.ip_proto, f.src_ip, f.dst_ip, f.src_port, f.dst_port)
 
 
 def tcp_step(state: int, reply: bool, flags: int, fin_other: bool) -> tuple[int, int, bool]:
@@ -229,11 +241,12 @@ class SlowPath:
                 self._conns[_conn_tuple(e.key)] = idx
 
     # -- rule management ----------------------------------------------------
-    def install_rules(self, rules) -> list:
+    def install_rules(self, rules):
+        """Install rules (see RuleTable.install); returns its InstallResult (writes + ``ids``)."""
         writes = self.rules.install(rules)
         self.stats.line_writes["rules+actions"] += len(writes)
         self._rules_changed()
-        return list(writes)
+        return writes
 
     def delete_rules(self, which) -> list:
         writes = self.rules.delete(which)
@@ -246,15 +259,38 @@ class SlowPath:
         self._action_cache.clear()
         self.revalidate()
 
-    def _first_masked(self) -> tuple[int, int]:
-        """Lowest rule index matching on ct_state, and on TCP flags (len(rules) if none)."""
+    def _masked_rules(self) -> list:
+        """``(index, rule without ct mask, without TCP-flag mask, without both)`` of every
+        rule that matches on ct_state or TCP flags, in index order (cached per rule set)."""
         if not self._masks_valid:
-            rules = self.rules.rules()
-            n = len(rules)
-            self._first_ct = next((i for i, r in enumerate(rules) if r.ct_state_mask), n)
-            self._first_tcpf = next((i for i, r in enumerate(rules) if r.tcp_flags_mask), n)
+            out = []
+            for i, r in enumerate(self.rules.rules()):
+                if r.ct_state_mask or r.tcp_flags_mask:
+                    no_ct, no_tf, none = (RULE.unpack(RULE.pack(r)) for _ in range(3))
+                    no_ct.ct_state_mask = none.ct_state_mask = 0
+                    no_tf.tcp_flags_mask = none.tcp_flags_mask = 0
+                    out.append((i, r, no_ct, no_tf, none))
+            self._masked = out
             self._masks_valid = True
-        return self._first_ct, self._first_tcpf
+        return self._masked
+
+    def _depends(self, key, i: int, *, on_ct: bool, on_tcp_flags: bool) -> bool:
+        """Could the decision for ``key`` (rule ``i``) change with its ct_state (``on_ct``) or its
+        TCP flags (``on_tcp_flags``)?  True when a rule at or above ``i`` that matches on those
+        fields matches the key's other fields; the hardware computes the same from a second
+        CAM match vector with those fields wildcarded."""
+        for j, r, no_ct, no_tf, none in self._masked_rules():
+            if j > i:
+                break
+            if on_ct and on_tcp_flags:
+                if rule_matches(none, key):
+                    return True
+            elif on_ct:
+                if r.ct_state_mask and rule_matches(no_ct, key):
+                    return True
+            elif r.tcp_flags_mask and rule_matches(no_tf, key):
+                return True
+        return False
 
     def _action(self, a: int):
         rec = self._action_cache.get(a)
@@ -307,7 +343,7 @@ class SlowPath:
         act = self.rules.action_of(i)
         if act.ct_commit:
             return "ct_commit"
-        if _tracked(key.flow) and self._first_masked()[0] <= i:
+        if _tracked(key.flow) and self._depends(key, i, on_ct=True, on_tcp_flags=False):
             return "ct_rule"
         res = apply_actions(frame, self._action(self.rules.action_index_of(i)), self.cfg)
         c = self.rules.counter_of(i)
@@ -359,8 +395,7 @@ class SlowPath:
             elif act.ct_commit and key.ct_state & NEW:
                 installed += self._commit(key, a, now)
         elif orig_idx is None and hit is None:
-            first_ct, first_tcpf = self._first_masked()
-            if i < first_ct and i < first_tcpf:
+            if not self._depends(key, i, on_ct=True, on_tcp_flags=True):
                 e = FENTRY.new(key=f, conn_state=S.NONE, action=a, last_seen=now)
                 installed += self._install(e, "reactive") is not None
         res = apply_actions(frame, act, self.cfg)
@@ -448,7 +483,7 @@ class SlowPath:
             nocache = 0
         else:
             a = self.rules.action_index_of(i)
-            nocache = int(e.key.ip_proto == 6 and self._first_masked()[1] <= i)
+            nocache = int(e.key.ip_proto == 6 and self._depends(pk, i, on_ct=False, on_tcp_flags=True))
         if a != e.action:
             self.rules.retain_action(a)
             self._release_action(e.action)

@@ -192,8 +192,8 @@ class Reference:
             return Verdict.TO_HOST, 0, bytes(frame)
         f = key.flow
         tracked = f.eth_type in (0x0800, 0x86DD) and f.ip_proto in (6, 17)
-        fwd = (f.tenant, f.eth_type, f.ip_proto, f.src_ip, f.dst_ip, f.src_port, f.dst_port)
-        rev = (f.tenant, f.eth_type, f.ip_proto, f.dst_ip, f.src_ip, f.dst_port, f.src_port)
+        fwd = (f.eth_type, f.ip_proto, f.src_ip, f.dst_ip, f.src_port, f.dst_port)   # one zone
+        rev = (f.eth_type, f.ip_proto, f.dst_ip, f.src_ip, f.dst_port, f.src_port)
         t, conn, reply = None, None, False
         if tracked and fwd in self.conns:
             t, conn = fwd, self.conns[fwd]
@@ -243,6 +243,9 @@ RULE_POOL = [
     "priority={p},ip,actions=output:9",
     "priority={p},icmp,actions=drop",
     "priority={p},in_port=3,actions=drop",
+    "priority={p},in_port=2,tcp,ct_state=+trk+new,actions=drop",      # ct rules that match only some packets
+    "priority={p},tun_id=5,ct_state=+trk+inv,actions=drop",
+    "priority={p},in_port=1,tcp,tcp_flags=+syn-ack,actions=output:10",
     "priority={p},actions=controller",
 ]
 HOSTS = ["10.0.0.1", "10.0.0.2", "10.0.0.5", "fd00::1", "fd00::2"]

@@ -1,0 +1,112 @@
+"""The cxlnic command line: classify / gen / sim, and its errors on bad input."""
+
+import json
+
+import pytest
+
+from cxlnic.cli import main
+from cxlnic.config import NicConfig
+from cxlnic.model.actions import Verdict
+from cxlnic.model.memory import BytearrayMemory, format_image
+from cxlnic.model.rulelang import parse_rules
+from cxlnic.model.scenario import generate, read_pcap
+from cxlnic.model.slowpath import SlowPath
+
+
+@pytest.fixture(scope="module")
+def scenario(tmp_path_factory):
+    d = tmp_path_factory.mktemp("scen")
+    sc = generate("mixed", packets=3000, seed=7)
+    sc.write(d / "rules.of", d / "in.pcap")
+    return sc, d
+
+
+def test_classify_outputs_equal_direct_model_run(scenario, tmp_path, capsys):
+    sc, d = scenario
+    out, stats = tmp_path / "out.pcap", tmp_path / "stats.json"
+    rc = main(["classify", str(d / "rules.of"), str(d / "in.pcap"), "-o", str(out), "--stats", str(stats),
+               "--age-interval", "0"])
+    assert rc == 0
+    # the same packets through the model directly (no CLI, no pcap round trip)
+    cfg = NicConfig()
+    mem = BytearrayMemory(cfg.image_lines)
+    mem.apply(format_image(cfg))
+    sp = SlowPath(mem, cfg)
+    sp.install_rules(parse_rules(sc.rules_text))
+    expect = []
+    for p in sc.packets:
+        dcs = sp.process(p.frame, p.in_port, p.time)
+        if dcs.verdict == Verdict.OUTPUT:
+            expect.append((dcs.out_port, dcs.frame))
+    got = read_pcap(out)
+    assert [(p.in_port, p.frame) for p in got] == expect
+    doc = json.loads(stats.read_text())
+    assert doc["conservation"]["ok"] and doc["packets"] == len(sc.packets)
+    assert doc["verdicts"]["output"] == len(expect)
+    # every decided packet is counted once: on its rule's counter or its flow's counter
+    decided = doc["packets"] - sum(doc["exceptions"].values()) - doc["drops"].get("no_match", 0)
+    assert sum(r["packets"] for r in doc["rules"]) + doc["flows"]["counter_packets"] == decided
+    assert "packets by path" in capsys.readouterr().out
+
+
+def test_rules_with_errors_install_nothing_and_name_line_and_column(scenario, tmp_path, capsys):
+    _, d = scenario
+    bad = tmp_path / "bad.of"
+    bad.write_text("priority=5,ip,actions=output:1\npriority=6,nw_src=10.0.0.1,actions=drop\n")
+    out = tmp_path / "out.pcap"
+    rc = main(["classify", str(bad), str(d / "in.pcap"), "-o", str(out)])
+    err = capsys.readouterr().err
+    assert rc == 2 and not out.exists()
+    assert f"{bad}:2:12: error:" in err and "nothing installed" in err
+
+
+@pytest.mark.parametrize("content,msg", [
+    (b"this is not a pcap file at all", "not a pcap or pcapng file (starts with 74686973)"),
+    (None, "pcap file not found"),
+])
+def test_bad_pcap_is_a_clear_error(scenario, tmp_path, capsys, content, msg):
+    _, d = scenario
+    p = tmp_path / "x.pcap"
+    if content is not None:
+        p.write_bytes(content)
+    out = tmp_path / "out.pcap"
+    assert main(["classify", str(d / "rules.of"), str(p), "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert str(p) in err and msg in err and not out.exists()
+
+
+def test_ports_sidecar_mismatch_is_an_error(scenario, tmp_path, capsys):
+    _, d = scenario
+    p = tmp_path / "in.pcap"
+    p.write_bytes((d / "in.pcap").read_bytes())
+    (tmp_path / "in.pcap.ports").write_text("0\n1\n")
+    assert main(["classify", str(d / "rules.of"), str(p), "-o", str(tmp_path / "o.pcap")]) == 2
+    assert "2 ports for 3000 packets" in capsys.readouterr().err
+
+
+def test_unknown_scenario_lists_the_valid_ones(tmp_path, capsys):
+    assert main(["sim", "--scenario", "bogus", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "unknown scenario 'bogus'" in err and "mixed" in err and "conntrack" in err
+    assert not (tmp_path / "report.json").exists()
+
+
+def test_gen_then_sim_with_files(tmp_path, capsys):
+    assert main(["gen", "--scenario", "conntrack", "--packets", "500", "-o", str(tmp_path)]) == 0
+    assert len(read_pcap(tmp_path / "trace.pcap")) == 500
+    out = tmp_path / "sim"
+    assert main(["sim", "--pcap", str(tmp_path / "trace.pcap"), "--rules", str(tmp_path / "rules.of"),
+                 "--out", str(out)]) == 0
+    doc = json.loads((out / "report.json").read_text())
+    assert doc["mode"] == "golden-model" and doc["conservation"]["ok"] and doc["packets"] == 500
+    assert "golden model only" in capsys.readouterr().out
+
+
+def test_sim_needs_pcap_and_rules_together(tmp_path, capsys):
+    assert main(["sim", "--pcap", "x.pcap", "--out", str(tmp_path)]) == 2
+    assert "together" in capsys.readouterr().err
+
+
+def test_verilog_says_rtl_is_missing(capsys):
+    assert main(["verilog"]) == 2
+    assert "not in this tree yet" in capsys.readouterr().err
