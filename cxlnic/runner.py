@@ -65,9 +65,11 @@ def classify_trace(rules, packets, cfg: NicConfig | None = None, *, age_interval
     next_age = (packets[0].time if packets else 0.0) + age_interval
     t0 = time.perf_counter()
     for n, p in enumerate(packets, 1):
-        if age_interval and p.time >= next_age:
-            sp.age(p.time)
-            next_age = p.time + age_interval
+        # the sweep runs on a timer, also through idle gaps: activity is then
+        # attributed to the sweep that follows it, at most one interval later
+        while age_interval and p.time >= next_age:
+            sp.age(next_age)
+            next_age += age_interval
         d = sp.process(p.frame, p.in_port, p.time)
         if d.verdict == Verdict.OUTPUT:
             res.outputs.append(Packet(p.time, d.out_port, d.frame))

@@ -302,27 +302,23 @@ class FlowTable:
         matches, then the secondary bucket and the stash lines likewise,
         stopping at the first entry that is valid and whose full key matches.
         """
-        hit, reads = self._find(*_key_of(key))
-        st = self.stats
-        st.lookups += 1
-        st.lookup_reads += reads
-        st.lines_read += reads
-        if hit is None:
-            return None
-        st.hits += 1
-        return hit[0]
+        hit = self._counted_find(key)
+        return None if hit is None else hit[0]
 
     def lookup_entry(self, key):
         """``(idx, FlowEntry record)`` of ``key``, or None (same reads as :meth:`lookup`)."""
+        hit = self._counted_find(key)
+        return None if hit is None else (hit[0], FENTRY.unpack(hit[4]))
+
+    def _counted_find(self, key):
         hit, reads = self._find(*_key_of(key))
         st = self.stats
         st.lookups += 1
         st.lookup_reads += reads
         st.lines_read += reads
-        if hit is None:
-            return None
-        st.hits += 1
-        return hit[0], FENTRY.unpack(hit[4])
+        if hit is not None:
+            st.hits += 1
+        return hit
 
     def __contains__(self, key) -> bool:
         return self.lookup(key) is not None

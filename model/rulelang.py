@@ -32,7 +32,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from cxlnic.hdl.layouts import CtState, TcpFlags
-from cxlnic.model.match import ACTION, RULE, Rule, ipv4_mapped, prefix_mask
+from cxlnic.model.match import ACTION, RULE, Rule, ipv4_mapped
 
 __all__ = [
     "RuleSyntaxError", "parse_rules", "load_rules", "format_rule",
@@ -170,43 +170,27 @@ def _ipv4(s: str, what: str) -> int:
         raise _Bad(f"{what}: bad IPv4 address {s!r}") from None
 
 
-def _ipv4_prefix(s: str, what: str) -> tuple[int, int]:
-    """``a.b.c.d``, ``a.b.c.d/N`` or ``a.b.c.d/m.m.m.m`` -> (address & mask, N)."""
-    addr_s, slash, mask_s = s.partition("/")
-    addr = _ipv4(addr_s, what)
-    if not slash:
-        return addr, 32
-    if "." in mask_s:
-        mask = _ipv4(mask_s, f"{what} mask")
-        inv = ~mask & _U32
-        if inv & (inv + 1):
-            raise _Bad(f"{what}: non-contiguous mask {mask_s} is not supported by the CAM format "
-                       "(addresses match by prefix length)")
-        plen = bin(mask).count("1")
-    else:
-        if not mask_s.isdigit():
-            raise _Bad(f"{what}: bad prefix length {mask_s!r}")
-        plen = int(mask_s)
-        if plen > 32:
-            raise _Bad(f"{what}: prefix length {plen} out of range 0..32")
-    return addr & (_U32 << (32 - plen)) & _U32, plen
+def _ip_prefix(s: str, what: str, version: int) -> tuple[int, int]:
+    """``addr``, ``addr/N`` or ``addr/mask`` (contiguous mask) -> (address & mask, N).
 
+    ``version`` 4 or 6; the address and prefix are in that family's width.
+    """
+    cls, width = (ipaddress.IPv4Address, 32) if version == 4 else (ipaddress.IPv6Address, 128)
+    full = (1 << width) - 1
 
-def _ipv6_prefix(s: str, what: str) -> tuple[int, int]:
-    """``addr``, ``addr/N`` or ``addr/mask`` (contiguous) -> (address & mask, N)."""
-    addr_s, slash, mask_s = s.partition("/")
-    try:
-        addr = int(ipaddress.IPv6Address(addr_s))
-    except ValueError:
-        raise _Bad(f"{what}: bad IPv6 address {addr_s!r}") from None
-    if not slash:
-        return addr, 128
-    if ":" in mask_s:
+    def addr_of(text: str, role: str) -> int:
         try:
-            mask = int(ipaddress.IPv6Address(mask_s))
+            return int(cls(text))
         except ValueError:
-            raise _Bad(f"{what}: bad IPv6 mask {mask_s!r}") from None
-        inv = ~mask & ((1 << 128) - 1)
+            raise _Bad(f"{what}: bad IPv{version} {role} {text!r}") from None
+
+    addr_s, slash, mask_s = s.partition("/")
+    addr = addr_of(addr_s, "address")
+    if not slash:
+        return addr, width
+    if ("." if version == 4 else ":") in mask_s:
+        mask = addr_of(mask_s, "mask")
+        inv = ~mask & full
         if inv & (inv + 1):
             raise _Bad(f"{what}: non-contiguous mask {mask_s} is not supported by the CAM format "
                        "(addresses match by prefix length)")
@@ -215,9 +199,9 @@ def _ipv6_prefix(s: str, what: str) -> tuple[int, int]:
         if not mask_s.isdigit():
             raise _Bad(f"{what}: bad prefix length {mask_s!r}")
         plen = int(mask_s)
-        if plen > 128:
-            raise _Bad(f"{what}: prefix length {plen} out of range 0..128")
-    return addr & prefix_mask(plen), plen
+        if plen > width:
+            raise _Bad(f"{what}: prefix length {plen} out of range 0..{width}")
+    return addr & ((full << (width - plen)) & full), plen
 
 
 def _mac(s: str, what: str) -> int:
@@ -381,10 +365,10 @@ class _Line:
             return _flags(v, name, _TCP_FLAG_NAMES, 0xFF,
                           {"ns": "the key carries only the 8 flag bits of TCP header byte 13"})
         if name in ("nw_src", "nw_dst", "ip_src", "ip_dst"):
-            addr, plen = _ipv4_prefix(v, name)
+            addr, plen = _ip_prefix(v, name, 4)
             return ("ipv4", ipv4_mapped(addr), 96 + plen)
         if name in ("ipv6_src", "ipv6_dst"):
-            addr, plen = _ipv6_prefix(v, name)
+            addr, plen = _ip_prefix(v, name, 6)
             return ("ipv6", addr, plen)
         # tp_src/tp_dst and their tcp_/udp_ aliases
         return _masked(v, name, _U16)

@@ -110,3 +110,21 @@ def test_sim_needs_pcap_and_rules_together(tmp_path, capsys):
 def test_verilog_says_rtl_is_missing(capsys):
     assert main(["verilog"]) == 2
     assert "not in this tree yet" in capsys.readouterr().err
+
+
+def test_aging_sweeps_run_through_idle_gaps():
+    from scapy.all import IP, UDP, Ether, raw
+
+    from cxlnic.model.scenario import Packet
+    from cxlnic.runner import classify_trace
+
+    def udp(sport):
+        return raw(Ether() / IP(src="10.0.0.1", dst="10.0.0.2") / UDP(sport=sport, dport=53)).ljust(60, b"\0")
+    rules = parse_rules("priority=5,udp,actions=output:1\n")
+    # flow A is busy for 2 s, then the trace is silent for 98 s; flow B arrives at t=100
+    trace = [Packet(t / 10, 0, udp(1000)) for t in range(20)] + [Packet(100.0, 0, udp(2000))]
+    res = classify_trace(rules, trace, NicConfig(cam_entries=0), age_interval=5.0)
+    live = {e.key.src_port for _, e in res.sp.flows.entries()}
+    # A's reactive flow (idle timeout 30 s) is gone by t=100 although no packet arrived in between
+    assert live == {2000}
+    assert res.sp.stats.flows_deleted["aged"] == 1
