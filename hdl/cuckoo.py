@@ -12,6 +12,7 @@ from amaranth.lib.wiring import In, Out
 
 from cxlnic.hdl.hash import FlowHasher
 from cxlnic.hdl.layouts import LINE_BITS, LINE_BYTES, SLOTS_PER_BUCKET, Bucket, FlowEntry, FlowKey
+from cxlnic.hdl.util import checked_init
 
 __all__ = ["CuckooEngine", "LookupRequest", "LookupResult"]
 
@@ -120,6 +121,7 @@ class CuckooEngine(wiring.Component):
     / 0.47 with 32 / 64 / 128 contexts; L = 100: 0.33 with 128.
     """
 
+    @checked_init
     def __init__(self, *, n_buckets: int, buckets_off: int, stash_off: int, n_stash: int, flows_off: int,
                  max_outstanding: int = 32, axi_id_bits: int = 8, tag_bits: int = 16, max_replays: int = 15):
         if not isinstance(n_buckets, int) or n_buckets < 2 or n_buckets & (n_buckets - 1):

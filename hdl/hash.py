@@ -9,6 +9,7 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from cxlnic.hdl.layouts import LINE_BITS, FlowKey
+from cxlnic.hdl.util import checked_init
 
 __all__ = ["FlowHasher", "HashedKey", "KEY_BITS", "HASH_BITS"]
 
@@ -38,6 +39,7 @@ class FlowHasher(wiring.Component):
       a whole while ``o.ready`` is low (``valid`` never depends on ``ready``).
     """
 
+    @checked_init
     def __init__(self, *, n_buckets: int):
         if n_buckets < 2 or n_buckets & (n_buckets - 1):
             raise ValueError(f"n_buckets = {n_buckets}: must be a power of two >= 2")

@@ -11,6 +11,7 @@ from amaranth.lib.wiring import In, Out
 
 from cxlnic.config import NicConfig
 from cxlnic.hdl.layouts import ExceptionCode, PacketKey
+from cxlnic.hdl.util import checked_init
 from cxlnic.model.parser import (
     ETH_HLEN,
     ETH_IPV4,
@@ -116,6 +117,7 @@ class PacketParser(wiring.Component):
       never hangs.
     """
 
+    @checked_init
     def __init__(self, *, min_frame: int | None = None, max_frame: int | None = None):
         dflt = NicConfig()
         min_frame = dflt.min_frame if min_frame is None else min_frame
