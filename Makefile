@@ -27,8 +27,8 @@ help:
 	@echo "make regress  long-seed regression"
 	@echo "make bench    benchmarks -> build/bench/*.json"
 	@echo "make docs     regenerate docs/table-format.md (and build/table-format.json, build/cxlnic_tables.h)"
-	@echo "make verilog  generate Verilog for the datapath top"
-	@echo "make lint     ruff (and Verilator lint once RTL exists)"
+	@echo "make verilog  generate Verilog for each RTL block into build/verilog"
+	@echo "make lint     ruff, and verilator --lint-only -Wall on the generated Verilog"
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -61,6 +61,7 @@ verilog: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
+	$(PY) -m cxlnic.cli verilog --out $(BUILD)/verilog --lint
 
 clean:
 	rm -rf $(BUILD)
