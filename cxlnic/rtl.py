@@ -19,6 +19,7 @@ __all__ = ["blocks", "generate", "lint"]
 def blocks(cfg: NicConfig | None = None) -> dict:
     """``{name: zero-argument factory}`` of every RTL block, sized from ``cfg``."""
     from cxlnic.hdl.cam import TernaryCam
+    from cxlnic.hdl.counters import CounterBlock
     from cxlnic.hdl.cuckoo import CuckooEngine
     from cxlnic.hdl.hash import FlowHasher
     from cxlnic.hdl.parser import PacketParser
@@ -32,6 +33,10 @@ def blocks(cfg: NicConfig | None = None) -> dict:
         "cuckoo_engine": lambda: CuckooEngine(n_buckets=cfg.n_buckets, buckets_off=r["buckets"][0],
                                               stash_off=r["stash"][0], n_stash=cfg.n_stash,
                                               flows_off=r["flows"][0]),
+        # The counter block keeps every counter on chip (no cache yet): it is built at
+        # 4096 counters, not the full counter region of the configuration.
+        "counters": lambda: CounterBlock(n_counters=min(4096, (cfg.counters + 3) // 4 * 4),
+                                         counters_off=r["counters"][0]),
     }
 
 
