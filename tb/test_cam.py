@@ -9,11 +9,11 @@ import os
 import random
 
 import cocotb
-from cocotb.clock import Clock
 from cocotb.triggers import ReadOnly, RisingEdge
 
 from cxlnic.hdl.cam import CamResult, CamWrite
 from cxlnic.model.match import PKEY, RULE, prefix_mask, rule_matches
+from cxlnic.tb.common import clock_and_reset
 
 ENTRIES = int(os.environ.get("CXLNIC_CAM_ENTRIES", "64"))
 TIMEOUT_CYCLES = 2000      # cycles without progress before a stream is declared stuck
@@ -121,15 +121,8 @@ class TB:
         self.writes_accepted = 0
 
     async def reset(self):
-        cocotb.start_soon(Clock(self.dut.clk, 4, unit="ns").start())
         d = self.dut
-        d.rst.value = 1
-        d.w__valid.value = 0
-        d.i__valid.value = 0
-        d.o__ready.value = 0
-        for _ in range(3):
-            await RisingEdge(d.clk)
-        d.rst.value = 0
+        await clock_and_reset(d, {"w__valid": 0, "i__valid": 0, "o__ready": 0})
         cocotb.start_soon(self._monitor())
 
     async def _monitor(self):

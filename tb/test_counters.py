@@ -18,13 +18,13 @@ import random
 
 import cocotb
 from amaranth.lib import data
-from cocotb.clock import Clock
 from cocotb.triggers import ReadOnly, RisingEdge
 from cocotbext.axi import AxiBus, AxiRam
 
 from cxlnic.hdl.counters import CounterUpdate
 from cxlnic.hdl.layouts import LINE_BYTES, Counter
 from cxlnic.model.counters import CounterBank
+from cxlnic.tb.common import clock_and_reset
 
 N_COUNTERS = int(os.environ.get("CXLNIC_N_COUNTERS", "1024"))
 COUNTERS_OFF = int(os.environ.get("CXLNIC_COUNTERS_OFF", "0"))
@@ -49,18 +49,9 @@ class TB:
         self.upd_bytes_at = data.Layout.cast(CounterUpdate(self.idx_bits))["bytes"].offset
 
     async def reset(self):
-        cocotb.start_soon(Clock(self.dut.clk, 4, unit="ns").start())
         d = self.dut
-        d.rst.value = 1
-        d.upd__valid.value = 0
-        d.upd__payload.value = 0
-        d.rd__valid.value = 0
-        d.rd__payload.value = 0
-        d.rd_data__ready.value = 0
-        d.flush.value = 0
-        for _ in range(3):
-            await RisingEdge(d.clk)
-        d.rst.value = 0
+        await clock_and_reset(d, {"upd__valid": 0, "upd__payload": 0, "rd__valid": 0, "rd__payload": 0,
+                                  "rd_data__ready": 0, "flush": 0})
         await RisingEdge(d.clk)
 
     def set_stalls(self, p):

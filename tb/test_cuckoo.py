@@ -14,7 +14,6 @@ import random
 
 import cocotb
 from amaranth.lib import data
-from cocotb.clock import Clock
 from cocotb.triggers import ReadOnly, RisingEdge
 from cocotbext.axi import AxiBus, AxiRam
 
@@ -24,6 +23,7 @@ from cxlnic.hdl.layouts import LINE_BYTES
 from cxlnic.model.flowtable import BUCKET, FENTRY, FKEY, FlowTable, TableFull
 from cxlnic.model.memory import BytearrayMemory, format_image
 from cxlnic.model.toeplitz import alt_bucket
+from cxlnic.tb.common import clock_and_reset
 
 N_BUCKETS = int(os.environ.get("CXLNIC_N_BUCKETS", "256"))
 N_STASH = int(os.environ.get("CXLNIC_N_STASH", "1"))
@@ -127,17 +127,9 @@ class TB:
         self.ram.write(0, bytes(self.mem.buf))
 
     async def reset(self):
-        cocotb.start_soon(Clock(self.dut.clk, 4, unit="ns").start())
         d = self.dut
-        d.rst.value = 1
-        d.i__valid.value = 0
-        d.o__ready.value = 0
-        d.wr__valid.value = 0
-        d.wr__payload.value = 0
-        d.hash_key.value = int.from_bytes(self.cfg.hash_key, "little")
-        for _ in range(3):
-            await RisingEdge(d.clk)
-        d.rst.value = 0
+        await clock_and_reset(d, {"i__valid": 0, "o__ready": 0, "wr__valid": 0, "wr__payload": 0,
+                                  "hash_key": int.from_bytes(self.cfg.hash_key, "little")})
         await RisingEdge(d.clk)
 
     def set_stalls(self, p):

@@ -7,13 +7,13 @@ import os
 import random
 
 import cocotb
-from cocotb.clock import Clock
 from cocotb.triggers import ReadOnly, RisingEdge
 
 from cxlnic.config import DEFAULT_HASH_KEY
 from cxlnic.hdl.hash import HashedKey
 from cxlnic.model.match import FKEY
 from cxlnic.model.toeplitz import FlowHash
+from cxlnic.tb.common import clock_and_reset
 
 N_BUCKETS = int(os.environ.get("CXLNIC_N_BUCKETS", "4096"))
 
@@ -27,14 +27,8 @@ class TB:
         self.layout = HashedKey((N_BUCKETS - 1).bit_length())
 
     async def reset(self):
-        cocotb.start_soon(Clock(self.dut.clk, 4, unit="ns").start())
-        self.dut.rst.value = 1
-        self.dut.i__valid.value = 0
-        self.dut.o__ready.value = 0
-        self.dut.key.value = int.from_bytes(DEFAULT_HASH_KEY, "little")
-        for _ in range(3):
-            await RisingEdge(self.dut.clk)
-        self.dut.rst.value = 0
+        await clock_and_reset(self.dut, {"i__valid": 0, "o__ready": 0,
+                                         "key": int.from_bytes(DEFAULT_HASH_KEY, "little")})
 
     def random_key(self):
         r = self.rng

@@ -11,7 +11,6 @@ import random
 
 import cocotb
 from amaranth.lib import data
-from cocotb.clock import Clock
 from cocotb.triggers import ReadOnly, RisingEdge
 
 from cxlnic.hdl.layouts import ExceptionCode, PacketKey
@@ -20,6 +19,7 @@ from cxlnic.model.codec import flat_fields
 from cxlnic.model.match import PKEY
 from cxlnic.model.parser import parse
 from cxlnic.model.scenario import generate
+from cxlnic.tb.common import clock_and_reset
 
 PACKETS = int(os.environ.get("CXLNIC_PARSER_PACKETS", "2000"))
 KEY_BITS = data.Layout.cast(PacketKey).size
@@ -69,13 +69,7 @@ class TB:
         self.rng = random.Random(seed)
 
     async def reset(self):
-        cocotb.start_soon(Clock(self.dut.clk, 4, unit="ns").start())
-        self.dut.rst.value = 1
-        self.dut.i__valid.value = 0
-        self.dut.o__ready.value = 0
-        for _ in range(3):
-            await RisingEdge(self.dut.clk)
-        self.dut.rst.value = 0
+        await clock_and_reset(self.dut, {"i__valid": 0, "o__ready": 0})
 
     async def run(self, frames, gaps: float, stall: float):
         """Drive every frame (bursts of back-to-back beats); returns ``[(key, length)]`` in output order.
