@@ -52,6 +52,7 @@ regress: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) scripts/bench_model.py --out $(BUILD)/bench
+	$(PY) scripts/bench_datapath.py --out $(BUILD)/bench
 
 docs: $(STAMP)
 	$(PY) scripts/gen_table_doc.py

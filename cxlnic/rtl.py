@@ -23,6 +23,7 @@ def blocks(cfg: NicConfig | None = None) -> dict:
     from cxlnic.hdl.cuckoo import CuckooEngine
     from cxlnic.hdl.hash import FlowHasher
     from cxlnic.hdl.parser import PacketParser
+    from cxlnic.hdl.rewrite import HeaderRewriter
 
     cfg = cfg or NicConfig()
     r = cfg.regions()
@@ -35,6 +36,7 @@ def blocks(cfg: NicConfig | None = None) -> dict:
                                               flows_off=r["flows"][0]),
         # The counter block keeps every counter on chip (no cache yet): it is built at
         # 4096 counters, not the full counter region of the configuration.
+        "rewrite": lambda: HeaderRewriter(max_frame=cfg.max_frame),
         "counters": lambda: CounterBlock(n_counters=min(4096, (cfg.counters + 3) // 4 * 4),
                                          counters_off=r["counters"][0]),
     }

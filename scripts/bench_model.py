@@ -39,18 +39,14 @@ Classification
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
-import os
-import platform
 import random
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
+from cxlnic.benchutil import loadavg, log, machine_meta, write_report
 from cxlnic.config import NicConfig
 from cxlnic.hdl.layouts import SLOTS_PER_BUCKET
 from cxlnic.model.flowtable import FENTRY, FKEY, FlowTable, TableFull
@@ -77,11 +73,8 @@ WRITES_NOTE = (
     "2 line writes per insert is the floor. A 1.3 target presumes a format in which a move-free insert is "
     "a single line write (entries inline in their bucket).")
 
-T0 = time.perf_counter()
 
 
-def log(msg: str) -> None:
-    print(f"[bench {time.perf_counter() - T0:6.1f}s] {msg}", file=sys.stderr, flush=True)
 
 
 class ClassifierMismatch(AssertionError):
@@ -330,15 +323,6 @@ def linear_keys(n_rules: int, cap: int) -> int:
 
 
 # -- report --------------------------------------------------------------------------------------------------
-def git_info() -> dict:
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                                timeout=10, check=True).stdout.strip()
-        status = subprocess.run(["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True,
-                                timeout=10, check=True).stdout
-        return {"git_commit": commit or "unknown", "git_dirty": bool(status.strip())}
-    except (OSError, subprocess.SubprocessError):
-        return {"git_commit": "unknown", "git_dirty": None}
 
 
 def plot(out: Path, cur: dict, max_load: float, n_buckets: int, n_seeds: int) -> list[str]:
@@ -459,7 +443,7 @@ def parse_args(argv):
 def run(a) -> dict:
     seeds = list(range(1, a.seeds + 1))
     n_stash = 1
-    load_start = os.getloadavg() if hasattr(os, "getloadavg") else None
+    load_start = loadavg()
 
     runs = []
     for s in seeds:
@@ -540,14 +524,9 @@ def run(a) -> dict:
             tg["note_quick"] = "--quick sizes: not the issue's sizes, not an evaluation of the target"
 
     meta = {
-        **git_info(),
-        "python": sys.version.split()[0], "implementation": platform.python_implementation(),
-        "platform": platform.platform(), "machine": platform.machine(), "processor": platform.processor(),
-        "cpu_count": os.cpu_count(), "loadavg_start": load_start,
-        "loadavg_end": os.getloadavg() if hasattr(os, "getloadavg") else None,
+        **machine_meta(load_start),
         "numpy": np.__version__,
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "argv": sys.argv[1:], "quick": a.quick,
+        "quick": a.quick,
         "parameters": {
             "seeds": seeds, "n_buckets": a.buckets, "slots_per_bucket": SLOTS_PER_BUCKET, "n_stash": n_stash,
             "use_stash": False, "max_moves": MAX_MOVES, "points": list(POINTS), "window_half_width": HALF_WINDOW,
@@ -574,9 +553,7 @@ def main(argv=None) -> int:
         return 1
     rep["meta"]["runtime_s"] = round(time.perf_counter() - start, 2)
     path = a.out / "model.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(rep, indent=1) + "\n")
-    tmp.replace(path)
+    write_report(path, rep)
     log(f"wrote {path} and {len(rep['plots'])} plots")
     print(summary(rep))
     return 0
