@@ -19,25 +19,12 @@ from cxlnic.model.codec import flat_fields
 from cxlnic.model.match import PKEY
 from cxlnic.model.parser import parse
 from cxlnic.model.scenario import generate
-from cxlnic.tb.common import clock_and_reset
+from cxlnic.tb.common import clock_and_reset, frame_beats
 
 PACKETS = int(os.environ.get("CXLNIC_PARSER_PACKETS", "2000"))
 KEY_BITS = data.Layout.cast(PacketKey).size
 #: Cycles without any output while results are owed before the run is declared stuck.
 WATCHDOG = 2000
-
-
-def beats_of(frame: bytes, in_port: int, rng: random.Random) -> list[int]:
-    """The Beat words of one frame (bytes past ``keep`` are random; a 64*n-byte frame may
-    end with an empty ``last`` beat, which is legal)."""
-    chunks = [frame[i:i + BEAT_BYTES] for i in range(0, len(frame), BEAT_BYTES)] or [b""]
-    if frame and len(frame) % BEAT_BYTES == 0 and rng.random() < 0.5:
-        chunks.append(b"")
-    out = []
-    for n, c in enumerate(chunks):
-        word = int.from_bytes(c + rng.randbytes(BEAT_BYTES - len(c)), "little")
-        out.append(word | ((1 << len(c)) - 1) << 512 | int(n == len(chunks) - 1) << 576 | in_port << 577)
-    return out
 
 
 def traffic(seed: int, packets: int) -> list[tuple[bytes, int]]:
@@ -78,7 +65,7 @@ class TB:
         frames in the order their last beats were accepted.
         """
         dut, rng = self.dut, self.rng
-        beats = [b for f, p in frames for b in beats_of(f, p, rng)]
+        beats = [b for f, p in frames for b in frame_beats(f, p, rng)]
         out, sent, offering, quiet, accepted = [], 0, False, 0, 0
         burst, idle = rng.randrange(1, 64), 0       # beats left in this burst, idle cycles before the next
         while len(out) < len(frames):

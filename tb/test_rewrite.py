@@ -15,13 +15,15 @@ import os
 import random
 
 import cocotb
+from amaranth.lib import data
 from cocotb.triggers import ReadOnly, RisingEdge
 
-from cxlnic.hdl.parser import BEAT_BYTES
+from cxlnic.hdl.parser import Beat
+from cxlnic.hdl.rewrite import RewriteOut
 from cxlnic.model.actions import Verdict, apply_actions
 from cxlnic.model.match import ACTION
 from cxlnic.model.scenario import generate
-from cxlnic.tb.common import clock_and_reset
+from cxlnic.tb.common import clock_and_reset, frame_beats
 
 PACKETS = int(os.environ.get("CXLNIC_REWRITE_PACKETS", "2000"))
 #: Cycles without any accepted input or output while frames are owed before the run is declared stuck.
@@ -31,8 +33,11 @@ SUPPORTED = ("output", "drop", "to_host", "ct_commit", "vlan_pop", "vlan_set", "
 VALUES = {"out_port": 8, "vlan_pcp": 3, "vlan_vid": 12, "eth_src": 48, "eth_dst": 48, "ipv4_src": 32,
           "ipv4_dst": 32, "tp_src": 16, "tp_dst": 16, "encap_eth_src": 48, "encap_eth_dst": 48,
           "encap_ip_src": 32, "encap_ip_dst": 32, "encap_udp_src": 16, "encap_vni": 24}
-# bit positions in the output payload (RewriteOut): beat = data 512, keep 64, last, in_port 8
-_LAST, _PORT, _VERDICT, _OUT_PORT, _UNSUP = 576, 577, 585, 587, 595
+# bit positions of the fields of the input Beat and of the output payload (RewriteOut)
+_B = {name: f.offset for name, f in data.Layout.cast(Beat)}
+_O = {name: f.offset for name, f in data.Layout.cast(RewriteOut)}
+_LAST, _PORT = _B["last"], _O["beat"] + _B["in_port"]
+_VERDICT, _OUT_PORT, _UNSUP = _O["verdict"], _O["out_port"], _O["unsupported"]
 
 
 def random_action(rng: random.Random):
@@ -70,17 +75,6 @@ def expected(frame: bytes, in_port: int, a) -> tuple:
     return int(r.verdict), r.out_port, 0, r.frame, in_port
 
 
-def beats_of(frame: bytes, in_port: int, rng: random.Random) -> list[int]:
-    chunks = [frame[i:i + BEAT_BYTES] for i in range(0, len(frame), BEAT_BYTES)] or [b""]
-    if frame and len(frame) % BEAT_BYTES == 0 and rng.random() < 0.5:
-        chunks.append(b"")
-    out = []
-    for n, c in enumerate(chunks):
-        word = int.from_bytes(c + rng.randbytes(BEAT_BYTES - len(c)), "little")
-        out.append(word | ((1 << len(c)) - 1) << 512 | int(n == len(chunks) - 1) << _LAST | in_port << _PORT)
-    return out
-
-
 class TB:
     """Owns the clock, reset, the beat and action drivers and the output monitor."""
 
@@ -94,7 +88,7 @@ class TB:
     async def run(self, items, stall: float):
         """Drive every (frame, port, action); returns (accepted inputs, outputs) in order."""
         dut, rng = self.dut, self.rng
-        beats = [(b, n == 0, k) for k, (f, p, _) in enumerate(items) for n, b in enumerate(beats_of(f, p, rng))]
+        beats = [(b, n == 0, k) for k, (f, p, _) in enumerate(items) for n, b in enumerate(frame_beats(f, p, rng))]
         accepted, out, cur = [], [], []
         sent, nact, offering, quiet = 0, 0, False, 0
         burst, idle = rng.randrange(1, 64), 0

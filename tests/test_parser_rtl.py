@@ -20,9 +20,10 @@ from scapy.packet import Raw
 
 from cxlnic.config import NicConfig
 from cxlnic.hdl.layouts import ExceptionCode, PacketKey
-from cxlnic.hdl.parser import BEAT_BYTES, LATENCY, PacketParser
+from cxlnic.hdl.parser import LATENCY, PacketParser
 from cxlnic.model.match import PKEY
 from cxlnic.model.parser import parse, parse_headers
+from cxlnic.tb.common import frame_beats
 
 EC = ExceptionCode
 KEY_BITS = data.Layout.cast(PacketKey).size
@@ -30,21 +31,6 @@ TINY = dict(min_frame=14, max_frame=9216)      # lets short frames reach the hea
 
 
 # -- drivers -----------------------------------------------------------------------------
-
-def frame_beats(frame: bytes, in_port: int, rng: random.Random, *, empty_last: bool = False) -> list[int]:
-    """The Beat words of one frame; bytes past ``keep`` are random (the DUT must ignore them)."""
-    beats = []
-    chunks = [frame[i:i + BEAT_BYTES] for i in range(0, len(frame), BEAT_BYTES)] or [b""]
-    if empty_last and len(frame) % BEAT_BYTES == 0 and frame:
-        chunks.append(b"")          # a last beat with keep == 0: zero extra bytes
-    for n, c in enumerate(chunks):
-        junk = rng.randbytes(BEAT_BYTES - len(c))
-        word = int.from_bytes(c + junk, "little")
-        keep = (1 << len(c)) - 1
-        last = int(n == len(chunks) - 1)
-        beats.append(word | keep << 512 | last << 576 | in_port << 577)
-    return beats
-
 
 def ref_parse(frames, min_frame=60, max_frame=9216):
     cfg = NicConfig(min_frame=min_frame, max_frame=max_frame)
@@ -324,7 +310,7 @@ def test_back_to_back_single_beat_frames_full_rate():
     r = random.Random(11)
     frames = [(wellformed(r)[:64], i) for i in range(60)]
     dut = PacketParser()
-    beats = [b for f, p in frames for b in frame_beats(f, p, r)]
+    beats = [b for f, p in frames for b in frame_beats(f, p, r, empty_last=False)]
     stalls, outs = [], []
 
     async def bench(ctx):
@@ -359,7 +345,7 @@ def test_latency():
     async def bench(ctx):
         ctx.set(dut.o.ready, 1)
         ctx.set(dut.i.valid, 1)
-        ctx.set(dut.i.payload.as_value(), frame_beats(bytes(64), 1, random.Random(0))[0])
+        ctx.set(dut.i.payload.as_value(), frame_beats(bytes(64), 1, random.Random(0), empty_last=False)[0])
         assert ctx.get(dut.i.ready)
         await ctx.tick()                # this edge accepts the frame's only beat
         ctx.set(dut.i.valid, 0)

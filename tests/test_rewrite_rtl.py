@@ -21,6 +21,7 @@ from cxlnic.hdl.parser import BEAT_BYTES
 from cxlnic.hdl.rewrite import LATENCY, HeaderRewriter
 from cxlnic.model.actions import Verdict, apply_actions
 from cxlnic.model.codec import flat_fields
+from cxlnic.tb.common import frame_beats
 
 #: The flags this block implements, and the fields of each.
 SUPPORTED = ["output", "drop", "to_host", "ct_commit", "vlan_pop", "vlan_set", "set_eth_src", "set_eth_dst",
@@ -57,18 +58,6 @@ def random_action(r: random.Random, *, unsupported: bool = False) -> Action:
 
 
 # -- drivers -----------------------------------------------------------------------------
-
-def frame_beats(frame: bytes, in_port: int, rng: random.Random) -> list[int]:
-    """Beat words of one frame (junk past ``keep``; sometimes an empty ``last`` beat)."""
-    chunks = [frame[i:i + BEAT_BYTES] for i in range(0, len(frame), BEAT_BYTES)] or [b""]
-    if frame and len(frame) % BEAT_BYTES == 0 and rng.random() < 0.5:
-        chunks.append(b"")
-    out = []
-    for n, c in enumerate(chunks):
-        word = int.from_bytes(c + rng.randbytes(BEAT_BYTES - len(c)), "little")
-        out.append(word | ((1 << len(c)) - 1) << 512 | int(n == len(chunks) - 1) << 576 | in_port << 577)
-    return out
-
 
 def decode_beats(words: list[int]) -> tuple[bytes, int]:
     """Frame bytes of output beats (keep checked contiguous), and the in_port of the first."""
