@@ -9,9 +9,10 @@ import platform
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["log", "git_info", "machine_meta", "write_report", "loadavg"]
+__all__ = ["log", "git_info", "machine_meta", "write_report", "loadavg", "bench_main"]
 
 ROOT = Path(__file__).resolve().parent.parent
 _T0 = time.perf_counter()
@@ -54,3 +55,25 @@ def write_report(path: Path, rep: dict) -> None:
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(rep, indent=1) + "\n")
     tmp.replace(path)
+
+
+def bench_main(name: str, run: Callable, summary: Callable, args, mismatch: type[Exception]) -> int:
+    """Run a benchmark and write ``<args.out>/<name>.json``.
+
+    ``run(args)`` returns the report; raising ``mismatch`` means a result
+    disagreed with the model, and then no report is written (exit 1): a
+    speed is never reported for a wrong answer.
+    """
+    args.out.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    try:
+        rep = run(args)
+    except mismatch as e:
+        print(f"bench_{name}: {e}", file=sys.stderr)
+        return 1
+    rep["meta"]["runtime_s"] = round(time.perf_counter() - start, 2)
+    path = args.out / f"{name}.json"
+    write_report(path, rep)
+    log(f"wrote {path} and {len(rep['plots'])} plot(s)")
+    print(summary(rep))
+    return 0

@@ -51,7 +51,7 @@ from pathlib import Path
 
 from amaranth.sim import Simulator
 
-from cxlnic.benchutil import loadavg, log, machine_meta, write_report
+from cxlnic.benchutil import bench_main, loadavg, log, machine_meta
 from cxlnic.config import NicConfig
 from cxlnic.hdl.cam import CamResult, CamWrite, TernaryCam
 from cxlnic.hdl.cuckoo import CuckooEngine
@@ -498,20 +498,7 @@ def run(a) -> dict:
 
 
 def main(argv=None) -> int:
-    a = parse_args(argv)
-    a.out.mkdir(parents=True, exist_ok=True)
-    start = time.perf_counter()
-    try:
-        rep = run(a)
-    except ModelMismatch as e:
-        print(f"bench_datapath: {e}", file=sys.stderr)
-        return 1
-    rep["meta"]["runtime_s"] = round(time.perf_counter() - start, 2)
-    path = a.out / "datapath.json"
-    write_report(path, rep)
-    log(f"wrote {path} and {len(rep['plots'])} plot(s)")
-    print(summary(rep))
-    return 0
+    return bench_main("datapath", run, summary, parse_args(argv), ModelMismatch)
 
 
 if __name__ == "__main__":

@@ -46,7 +46,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cxlnic.benchutil import loadavg, log, machine_meta, write_report
+from cxlnic.benchutil import bench_main, loadavg, log, machine_meta
 from cxlnic.config import NicConfig
 from cxlnic.hdl.layouts import SLOTS_PER_BUCKET
 from cxlnic.model.flowtable import FENTRY, FKEY, FlowTable, TableFull
@@ -543,20 +543,7 @@ def run(a) -> dict:
 
 
 def main(argv=None) -> int:
-    a = parse_args(argv)
-    a.out.mkdir(parents=True, exist_ok=True)
-    start = time.perf_counter()
-    try:
-        rep = run(a)
-    except ClassifierMismatch as e:
-        print(f"bench_model: {e}", file=sys.stderr)
-        return 1
-    rep["meta"]["runtime_s"] = round(time.perf_counter() - start, 2)
-    path = a.out / "model.json"
-    write_report(path, rep)
-    log(f"wrote {path} and {len(rep['plots'])} plots")
-    print(summary(rep))
-    return 0
+    return bench_main("model", run, summary, parse_args(argv), ClassifierMismatch)
 
 
 if __name__ == "__main__":

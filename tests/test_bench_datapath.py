@@ -1,43 +1,20 @@
 """scripts/bench_datapath.py: a --quick run writes a complete, sane datapath.json and a PNG plot."""
 
-import importlib.util
-import json
-import math
-from pathlib import Path
 
 import pytest
-
-SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "bench_datapath.py"
-PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("bench_datapath", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+from benchcheck import PNG_MAGIC, check_meta, quick_report
 
 
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
-    assert load_script().main(["--quick", "--out", str(out)]) == 0
-    return out, json.loads((out / "datapath.json").read_text())
-
-
-def num(x) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+    return out, quick_report("datapath", out)
 
 
 def test_meta(report):
     _out, rep = report
     meta = rep["meta"]
-    assert isinstance(meta["git_commit"], str) and meta["git_commit"]
-    for key in ("python", "platform", "machine", "date"):
-        assert isinstance(meta[key], str) and meta[key]
-    assert isinstance(meta["cpu_count"], int) and meta["cpu_count"] >= 1
-    assert num(meta["runtime_s"]) and meta["runtime_s"] > 0
-    assert meta["quick"] is True
+    check_meta(meta)
     assert "datapath top" in meta["not_measured"]
 
 

@@ -1,43 +1,20 @@
 """scripts/bench_model.py (make bench): a --quick run writes a complete, sane model.json and PNG plots."""
 
-import importlib.util
-import json
-import math
-from pathlib import Path
 
 import pytest
-
-SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "bench_model.py"
-PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("bench_model", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+from benchcheck import PNG_MAGIC, check_meta, load_script, num, quick_report
 
 
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
-    assert load_script().main(["--quick", "--out", str(out)]) == 0
-    return out, json.loads((out / "model.json").read_text())
-
-
-def num(x) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+    return out, quick_report("model", out)
 
 
 def test_meta(report):
     _out, rep = report
     meta = rep["meta"]
-    assert isinstance(meta["git_commit"], str) and meta["git_commit"]
-    for key in ("python", "platform", "machine", "date"):
-        assert isinstance(meta[key], str) and meta[key]
-    assert isinstance(meta["cpu_count"], int) and meta["cpu_count"] >= 1
-    assert num(meta["runtime_s"]) and meta["runtime_s"] > 0
-    assert meta["quick"] is True
+    check_meta(meta)
     params = meta["parameters"]
     assert params["use_stash"] is False and params["max_moves"] == 8
     assert len(params["seeds"]) >= 1 and params["n_buckets"] >= 2
@@ -117,7 +94,7 @@ def test_plots_are_pngs(report):
 
 
 def test_wrong_classifier_is_refused(tmp_path, monkeypatch):
-    mod = load_script()
+    mod = load_script("model")
     real = mod.RuleTable.classify
 
     def off_by_one(self, key):
