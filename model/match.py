@@ -14,7 +14,7 @@ from cxlnic.hdl.layouts import ActionEntry, FlowKey, PacketKey, RuleEntry
 from cxlnic.model.codec import codec
 
 __all__ = [
-    "Rule", "RULE", "ACTION", "PKEY", "FKEY", "rule_matches", "linear_classify",
+    "Rule", "RULE", "ACTION", "PKEY", "FKEY", "rule_matches", "linear_classify", "steer_key",
     "prefix_mask", "ipv4_mapped", "IPV4_MAPPED_PREFIX",
 ]
 
@@ -92,3 +92,31 @@ def linear_classify(rules, k) -> int | None:
         if r is not None and rule_matches(r, k):
             return i
     return None
+
+
+def steer_key(k, r, *, ct_state: bool = True):
+    """Overwrite the bits of PacketKey record ``k`` that rule record ``r`` matches on with the
+    rule's values (other bits unchanged), so that ``rule_matches(r, k)`` holds if ``r`` is
+    valid.  With ``ct_state=False`` the key's ct_state is left as it is.  For test and
+    benchmark traffic that must hit given rules."""
+    def merge(x, v, mask):
+        return (x & ~mask) | (v & mask)
+    f = k.flow
+    if r.tenant_care:
+        f.tenant = r.owner
+    if r.in_port_care:
+        f.in_port = r.in_port
+    if r.eth_type_care:
+        f.eth_type = r.eth_type
+    if r.ip_proto_care:
+        f.ip_proto = r.ip_proto
+    if r.vlan_care:
+        f.vlan_valid, f.vlan_id = r.vlan_valid, merge(f.vlan_id, r.vlan_id, r.vlan_id_mask)
+    f.src_port = merge(f.src_port, r.src_port, r.src_port_mask)
+    f.dst_port = merge(f.dst_port, r.dst_port, r.dst_port_mask)
+    k.tcp_flags = merge(k.tcp_flags, r.tcp_flags, r.tcp_flags_mask)
+    if ct_state:
+        k.ct_state = merge(k.ct_state, r.ct_state, r.ct_state_mask)
+    f.src_ip = merge(f.src_ip, r.src_ip, prefix_mask(r.src_plen))
+    f.dst_ip = merge(f.dst_ip, r.dst_ip, prefix_mask(r.dst_plen))
+    return k

@@ -12,7 +12,7 @@ import cocotb
 from cocotb.triggers import ReadOnly, RisingEdge
 
 from cxlnic.hdl.cam import CamResult, CamWrite
-from cxlnic.model.match import PKEY, RULE, prefix_mask, rule_matches
+from cxlnic.model.match import PKEY, RULE, rule_matches, steer_key
 from cxlnic.tb.common import clock_and_reset
 
 ENTRIES = int(os.environ.get("CXLNIC_CAM_ENTRIES", "64"))
@@ -61,27 +61,8 @@ def random_key(rng, rules):
     k.tcp_flags = rng.getrandbits(8)
     k.ct_state = 0 if rng.random() < 0.7 else rng.getrandbits(8)
     if rules and rng.random() < 0.5:
-        r = rng.choice(rules)
-
-        def merge(x, v, mask):
-            return (x & ~mask) | (v & mask)
-        if r.tenant_care:
-            f.tenant = r.owner
-        if r.in_port_care:
-            f.in_port = r.in_port
-        if r.eth_type_care:
-            f.eth_type = r.eth_type
-        if r.ip_proto_care:
-            f.ip_proto = r.ip_proto
-        if r.vlan_care:
-            f.vlan_valid, f.vlan_id = r.vlan_valid, merge(f.vlan_id, r.vlan_id, r.vlan_id_mask)
-        f.src_port = merge(f.src_port, r.src_port, r.src_port_mask)
-        f.dst_port = merge(f.dst_port, r.dst_port, r.dst_port_mask)
-        k.tcp_flags = merge(k.tcp_flags, r.tcp_flags, r.tcp_flags_mask)
-        if rng.random() < 0.5:      # else keep ct_state: a ct rule then may match only ct-masked
-            k.ct_state = merge(k.ct_state, r.ct_state, r.ct_state_mask)
-        f.src_ip = merge(f.src_ip, r.src_ip, prefix_mask(r.src_plen))
-        f.dst_ip = merge(f.dst_ip, r.dst_ip, prefix_mask(r.dst_plen))
+        # keep ct_state half the time: a ct rule may then match only with ct_state ignored
+        steer_key(k, rng.choice(rules), ct_state=rng.random() < 0.5)
     return k
 
 

@@ -20,8 +20,8 @@ from cxlnic.model.match import (
     Rule,
     ipv4_mapped,
     linear_classify,
-    prefix_mask,
     rule_matches,
+    steer_key,
 )
 from cxlnic.model.memory import BytearrayMemory, FormatError, Geometry, format_image
 from cxlnic.model.rules import (
@@ -131,27 +131,7 @@ def random_key(rng):
 
 def key_from_rule(rng, r):
     """A key that matches rule record ``r``: its masked bits from the rule, the rest random."""
-    k = random_key(rng)
-    f = k.flow
-    if r.tenant_care:
-        f.tenant = r.owner
-    if r.in_port_care:
-        f.in_port = r.in_port
-    if r.eth_type_care:
-        f.eth_type = r.eth_type
-    if r.ip_proto_care:
-        f.ip_proto = r.ip_proto
-    if r.vlan_care:
-        f.vlan_valid = r.vlan_valid
-        f.vlan_id = (r.vlan_id & r.vlan_id_mask) | (f.vlan_id & ~r.vlan_id_mask & 0xFFF)
-    f.src_port = (r.src_port & r.src_port_mask) | (f.src_port & ~r.src_port_mask & 0xFFFF)
-    f.dst_port = (r.dst_port & r.dst_port_mask) | (f.dst_port & ~r.dst_port_mask & 0xFFFF)
-    k.tcp_flags = (r.tcp_flags & r.tcp_flags_mask) | (k.tcp_flags & ~r.tcp_flags_mask & 0xFF)
-    k.ct_state = (r.ct_state & r.ct_state_mask) | (k.ct_state & ~r.ct_state_mask & 0xFF)
-    pm = prefix_mask(r.src_plen)
-    f.src_ip = (r.src_ip & pm) | (f.src_ip & ~pm & ALL128)
-    pm = prefix_mask(r.dst_plen)
-    f.dst_ip = (r.dst_ip & pm) | (f.dst_ip & ~pm & ALL128)
+    k = steer_key(random_key(rng), r)
     assert rule_matches(r, k)
     return k
 
