@@ -1,8 +1,9 @@
 # amaranth: UnusedElaboratable=no
 """HeaderRewriter RTL against :func:`cxlnic.model.actions.apply_actions` (Amaranth simulator).
 
-``rtl_rewrite`` drives (frame, action) pairs and returns ``[(verdict, out_port, unsupported,
-bytes)]``; ``ref_rewrite`` is the model's result in the same form.
+``rtl_rewrite`` drives (frame, action) pairs and returns ``[(verdict, out_port, bytes, in_port)]``;
+``ref_rewrite`` is the model's result in the same form.  VXLAN frames come from the parser
+tests' generators (``test_parser_rtl``) and the model tests' hypothesis strategies (``test_actions``).
 """
 
 from __future__ import annotations
@@ -11,22 +12,29 @@ import random
 
 import pytest
 from amaranth.sim import Simulator
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from scapy.layers.inet import ICMP, IP, TCP, UDP, IPOption_NOP, IPOption_Router_Alert
 from scapy.layers.inet6 import IPv6, IPv6ExtHdrHopByHop
 from scapy.layers.l2 import ARP, Dot1Q, Ether
 from scapy.packet import Raw
+from test_actions import SETTINGS, _vxlan, ipv4_packet, ipv6_packet, tails
+from test_parser_rtl import DIRECTED, _ip4, _ip6, _mac, corrupt, pad, vxlan_packet
 
+from cxlnic.config import NicConfig
 from cxlnic.hdl.layouts import ActionEntry
 from cxlnic.hdl.parser import BEAT_BYTES
 from cxlnic.hdl.rewrite import LATENCY, HeaderRewriter
-from cxlnic.model.actions import Verdict, apply_actions
+from cxlnic.model.actions import VXLAN_OVERHEAD, apply_actions
 from cxlnic.model.codec import flat_fields
+from cxlnic.model.parser import VXLAN_HLEN, parse_headers
 from cxlnic.tb.common import frame_beats
 
-#: The flags this block implements, and the fields of each.
-SUPPORTED = ["output", "drop", "to_host", "ct_commit", "vlan_pop", "vlan_set", "set_eth_src", "set_eth_dst",
-             "set_ipv4_src", "set_ipv4_dst", "set_tp_src", "set_tp_dst"]
+#: Every action flag, and the fields of each.
+FLAGS = ["output", "drop", "to_host", "ct_commit", "vlan_pop", "vlan_set", "set_eth_src", "set_eth_dst",
+         "set_ipv4_src", "set_ipv4_dst", "set_tp_src", "set_tp_dst", "vxlan_decap", "vxlan_encap"]
 _FIELDS = {f.path: f for f in flat_fields(ActionEntry)}
+MAX_FRAME = NicConfig().max_frame
 
 
 class Action:
@@ -43,17 +51,14 @@ class Action:
                    if not p.startswith("_"))
 
 
-def random_action(r: random.Random, *, unsupported: bool = False) -> Action:
+def random_action(r: random.Random, *, vxlan: float = 0.3) -> Action:
+    """Each non-VXLAN flag with probability 0.4, each VXLAN flag with ``vxlan``; random values."""
     a = Action()
-    for flag in SUPPORTED:
-        setattr(a, flag, int(r.random() < 0.4))
+    for flag in FLAGS:
+        setattr(a, flag, int(r.random() < (vxlan if flag.startswith("vxlan") else 0.4)))
     for p, f in _FIELDS.items():
-        if not p.startswith("_") and p not in SUPPORTED and not p.startswith("vxlan"):
+        if not p.startswith("_") and p not in FLAGS:
             setattr(a, p, r.getrandbits(f.width))
-    if unsupported:
-        which = r.choice([("vxlan_encap",), ("vxlan_decap",), ("vxlan_encap", "vxlan_decap")])
-        for flag in which:
-            setattr(a, flag, 1)
     return a
 
 
@@ -70,14 +75,11 @@ def decode_beats(words: list[int]) -> tuple[bytes, int]:
     return buf, words[0] >> 577 & 0xFF
 
 
-def ref_rewrite(pairs):
+def ref_rewrite(pairs, cfg: NicConfig | None = None):
     out = []
     for (frame, port), a in pairs:
-        if a.vxlan_encap or a.vxlan_decap:
-            out.append((int(Verdict.TO_HOST), 0, 1, bytes(frame), port))
-        else:
-            r = apply_actions(frame, a)
-            out.append((int(r.verdict), r.out_port, 0, r.frame, port))
+        r = apply_actions(frame, a, cfg or NicConfig())
+        out.append((int(r.verdict), r.out_port, r.frame, port))
     return out
 
 
@@ -114,8 +116,8 @@ def rtl_rewrite(pairs, *, gaps=0.0, stall=0.0, seed=0, dut=None):
                 idle = 0
                 if v >> 576 & 1:
                     data, port = decode_beats(cur)
-                    tags = {(w >> 585 & 3, w >> 587 & 0xFF, w >> 595 & 1) for w in cur}
-                    assert len(tags) == 1, f"verdict/out_port/unsupported differ between beats: {tags}"
+                    tags = {(w >> 585 & 3, w >> 587 & 0xFF) for w in cur}
+                    assert len(tags) == 1, f"verdict/out_port differ between beats: {tags}"
                     out.append((*tags.pop(), data, port))
                     cur.clear()
             await ctx.tick()
@@ -133,26 +135,25 @@ def rtl_rewrite(pairs, *, gaps=0.0, stall=0.0, seed=0, dut=None):
     return out
 
 
-def check(pairs, **kw):
-    got, want = rtl_rewrite(pairs, **kw), ref_rewrite(pairs)
+def check(pairs, *, cfg: NicConfig | None = None, **kw):
+    """RTL == model on every pair; returns the model's results."""
+    got, want = rtl_rewrite(pairs, **kw), ref_rewrite(pairs, cfg)
     bad = [(i, len(pairs[i][0][0]), vars(pairs[i][1]), g, w)
            for i, (g, w) in enumerate(zip(got, want, strict=True)) if g != w]
     assert not bad, f"{len(bad)} mismatches of {len(pairs)}; first: {bad[:2]}"
+    return want
+
+
+def decapsulated(pairs, cfg: NicConfig | None = None) -> int:
+    """How many of the pairs' frames the model's decap step applies to (the inner frame comes out)."""
+    n = 0
+    for (f, _), a in pairs:
+        h = parse_headers(f, cfg or NicConfig())
+        n += bool(a.vxlan_decap and not h.exception and h.inner is not None)
+    return n
 
 
 # -- frames (seeded, scapy) ---------------------------------------------------------------
-
-def _mac(r):
-    return ":".join(f"{r.getrandbits(8):02x}" for _ in range(6))
-
-
-def _ip4(r):
-    return ".".join(str(r.getrandbits(8)) for _ in range(4))
-
-
-def _ip6(r):
-    return ":".join(f"{r.getrandbits(16):x}" for _ in range(8))
-
 
 def random_frame(r: random.Random, size: int | None = None) -> bytes:
     l2 = Ether(src=_mac(r), dst=_mac(r))
@@ -191,29 +192,49 @@ def random_frame(r: random.Random, size: int | None = None) -> bytes:
     return bytes(raw)
 
 
-def pairs_for(seed: int, n: int, *, unsupported=0.05):
+def vxlan_frame(r: random.Random, *, payload: int | None = None) -> bytes:
+    """A clean VXLAN frame (any outer/inner headers, the parser tests' generator), sometimes with a
+    longer inner payload, padded to 60 bytes and sometimes with outer Ethernet padding."""
+    pkt = vxlan_packet(r)
+    n = payload if payload is not None else r.choice([0, 0, r.randrange(200), r.randrange(1400)])
+    raw = bytes(pkt / Raw(r.randbytes(n))) if n else bytes(pkt)
+    return pad(raw + (r.randbytes(r.randrange(1, 150)) if r.random() < 0.3 else b""))
+
+
+def mixed_frame(r: random.Random) -> bytes:
+    pick = r.random()
+    if pick < 0.35:
+        return vxlan_frame(r)
+    if pick < 0.45:
+        return corrupt(vxlan_frame(r), r)
+    return random_frame(r)
+
+
+def pairs_for(seed: int, n: int, *, vxlan: float = 0.3):
     r = random.Random(seed)
-    return [((random_frame(r), r.getrandbits(8)), random_action(r, unsupported=r.random() < unsupported))
-            for _ in range(n)]
+    return [((mixed_frame(r), r.getrandbits(8)), random_action(r, vxlan=vxlan)) for _ in range(n)]
 
 
 # -- tests ---------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("gaps,stall", [(0.0, 0.0), (0.3, 0.4)])
 def test_random_frames_and_actions(gaps, stall):
-    check(pairs_for(1 + int(10 * stall), 150), gaps=gaps, stall=stall, seed=2)
+    pairs = pairs_for(1 + int(10 * stall), 200)
+    check(pairs, gaps=gaps, stall=stall, seed=2)
+    assert decapsulated(pairs) >= 15
+    assert sum(a.vxlan_encap for _, a in pairs) >= 30
 
 
-def test_every_supported_flag_alone():
+def test_every_flag_alone():
     r = random.Random(5)
     pairs = []
-    for flag in SUPPORTED:
-        for _ in range(12):
+    for flag in FLAGS:
+        for n in range(12):
             a = random_action(r)
-            for f in SUPPORTED:
+            for f in FLAGS:
                 setattr(a, f, 0)
             setattr(a, flag, 1)
-            pairs.append(((random_frame(r), 3), a))
+            pairs.append(((vxlan_frame(r) if n % 3 == 0 else random_frame(r), 3), a))
     check(pairs, stall=0.2, seed=3)
 
 
@@ -256,7 +277,7 @@ def test_udp_zero_checksum_and_wraps():
         pairs.append(((pkt, 0), a))
         at.append(l4off + 6 if n % 3 else None)
     want = ref_rewrite(pairs)
-    assert sum(k is not None and w[3][k:k + 2] == b"\xff\xff" for k, w in zip(at, want, strict=True)) >= 10
+    assert sum(k is not None and w[2][k:k + 2] == b"\xff\xff" for k, w in zip(at, want, strict=True)) >= 10
     check(pairs, seed=5)
 
 
@@ -295,19 +316,154 @@ def test_malformed_ip_headers():
     check(pairs, seed=8)
 
 
-def test_vxlan_actions_pass_through_unsupported():
-    r = random.Random(11)
-    pairs = [((random_frame(r), 4), random_action(r, unsupported=True)) for _ in range(30)]
-    got = rtl_rewrite(pairs, stall=0.3, seed=6)
-    assert all(g[:3] == (int(Verdict.TO_HOST), 0, 1) and g[3] == f for g, ((f, _), _) in zip(got, pairs, strict=True))
+# -- VXLAN ---------------------------------------------------------------------------------
 
+def decap_only(r: random.Random, **kw) -> Action:
+    a = random_action(r)
+    for f in FLAGS:
+        setattr(a, f, 0)
+    a.vxlan_decap, a.output = 1, 1
+    for k, v in kw.items():
+        setattr(a, k, v)
+    return a
+
+
+def test_vxlan_decap():
+    """Clean VXLAN frames (IPv4/IPv6 outer, tags, IP options, any inner frame, outer padding):
+    exactly the inner frame comes out."""
+    r = random.Random(21)
+    pairs = [((vxlan_frame(r), r.getrandbits(8)), decap_only(r)) for _ in range(150)]
+    want = check(pairs, stall=0.2, seed=9)
+    assert decapsulated(pairs) == len(pairs)
+    assert all(len(w[2]) < len(f) for ((f, _), _), w in zip(pairs, want, strict=True))
+
+
+def test_vxlan_decap_not_applicable():
+    """Frames the model does not decapsulate pass unchanged: every parser exception (BAD_VXLAN, UDP
+    length past the datagram or too short for VXLAN, inner truncation, ...), corrupted and cut VXLAN
+    frames, non-VXLAN frames, UDP ports other than 4789."""
+    r = random.Random(22)
+    frames = [f for raws in DIRECTED.values() for f in raws if len(f) <= MAX_FRAME + 64]
+    frames += [corrupt(vxlan_frame(r), r) for _ in range(150)]
+    frames += [vxlan_frame(r)[:r.randrange(14, 120)] for _ in range(40)]
+    frames += [random_frame(r) for _ in range(30)]
+    frames += [pad(bytes(_vxlan(Ether() / IP() / TCP(), udp=UDP(sport=1, dport=p)))) for p in (4788, 4790, 8472)]
+    frames += [pad(bytes(Ether() / IP() / UDP(dport=4789, len=12) / Raw(bytes(40))))]
+    pairs = [((f, 5), decap_only(r)) for f in frames]
+    want = check(pairs, stall=0.2, seed=10)
+    unchanged = sum(w[2] == f for ((f, _), _), w in zip(pairs, want, strict=True))
+    assert unchanged == len(pairs) - decapsulated(pairs) and unchanged >= 200
+
+
+def test_vxlan_decap_size_checks():
+    """The runt/oversize checks of the decap's parse use the block's ``min_frame``/``max_frame``."""
+    r = random.Random(23)
+    cfg = NicConfig(min_frame=100, max_frame=1000)
+    frames = []
+    for n in (0, 10, 20, 30, 40, 900, 930, 940, 950, 1000):
+        base = bytes(_vxlan(Ether() / IP() / UDP(sport=1, dport=2) / Raw(r.randbytes(n))))
+        frames += [base, pad(base, 100), pad(base, 99), pad(base, 1000), pad(base, 1001)]
+    pairs = [((f, 1), decap_only(r, vlan_pop=1)) for f in frames]
+    want = check(pairs, cfg=cfg, dut=HeaderRewriter(min_frame=100, max_frame=1000), seed=11)
+    sizes = [len(f) for f in frames]
+    assert any(w[2] == f and 64 <= len(f) < 100 for ((f, _), _), w in zip(pairs, want, strict=True))
+    assert any(w[2] == f and len(f) > 1000 for ((f, _), _), w in zip(pairs, want, strict=True))
+    assert 10 <= decapsulated(pairs, cfg) < len(pairs) and 100 in sizes and 1001 in sizes
+    assert sum(len(w[2]) < len(f) for ((f, _), _), w in zip(pairs, want, strict=True)) >= 10
+
+
+ENCAP_SIZES = [0, 1, 13, 14, 15, 17, 18, 19, 50, 59, 60, 63, 64, 65, 77, 78, 79, 100, 113, 114, 115, 127, 128,
+               129, 141, 142, 191, 192, 193, 1500, MAX_FRAME - 54, MAX_FRAME - 50, MAX_FRAME]
+
+
+def encap_action(r: random.Random, **kw) -> Action:
+    a = random_action(r)
+    for f in FLAGS:
+        setattr(a, f, 0)
+    a.vxlan_encap, a.output = 1, 1
+    for k, v in kw.items():
+        setattr(a, k, v)
+    return a
+
+
+@pytest.mark.parametrize("stall", [0.0, 0.3])
+def test_vxlan_encap_sizes(stall):
+    """Encap of frames of 0 bytes to max_frame, around every beat boundary the 50 outer bytes (and a
+    pushed or popped tag) move a frame across; alone and after a push or a pop."""
+    r = random.Random(24)
+    pairs = []
+    for n in ENCAP_SIZES:
+        tagged = bytes(Ether() / Dot1Q(vlan=7) / IP() / UDP() / Raw(r.randbytes(max(0, n - 46))))[:n]
+        plain = bytes(Ether() / IP() / TCP() / Raw(r.randbytes(max(0, n - 54))))[:n]
+        for f, kw in ((plain, {}), (random_frame(r, max(0, n - 60))[:n], {}), (plain, {"vlan_set": 1}),
+                      (tagged, {"vlan_pop": 1}), (tagged, {"vlan_set": 1, "set_tp_dst": 1})):
+            pairs.append(((f, n & 0xFF), encap_action(r, **kw)))
+    want = check(pairs, stall=stall, gaps=stall, seed=12)
+    assert {len(w[2]) for w in want} >= {n + VXLAN_OVERHEAD for n in ENCAP_SIZES}
+
+
+def test_vxlan_decap_rewrite_encap():
+    """decap + pop/set fields/push + encap on VXLAN frames: the steps act on the inner frame."""
+    r = random.Random(25)
+    pairs = []
+    for n in range(160):
+        a = random_action(r)
+        a.vxlan_decap, a.vxlan_encap = 1, int(n % 2 == 0)
+        a.vlan_pop, a.vlan_set = n // 2 % 2, n // 4 % 2
+        pairs.append(((vxlan_frame(r), r.getrandbits(8)), a))
+    check(pairs, stall=0.3, gaps=0.1, seed=13)
+    assert decapsulated(pairs) == len(pairs)
+
+
+def test_decap_encap_of_big_frames_back_to_back():
+    """Long frames (a full maximum frame's worth of inner payload) streamed at full rate."""
+    r = random.Random(26)
+    pairs = []
+    for n in range(8):
+        f = vxlan_frame(r, payload=r.choice([1300, 4000, MAX_FRAME - 300]))[:MAX_FRAME]
+        a = random_action(r, vxlan=0.0)
+        a.vxlan_decap, a.vxlan_encap = n % 2, n // 2 % 2
+        pairs.append(((f, n), a))
+    check(pairs, seed=14)
+
+
+_action_strategy = st.builds(
+    lambda flags, seed: _hyp_action(flags, seed),
+    st.fixed_dictionaries({f: st.integers(0, 1) for f in FLAGS}), st.integers(0, 2**32))
+
+
+def _hyp_action(flags, seed):
+    a = random_action(random.Random(seed))
+    for f, v in flags.items():
+        setattr(a, f, v)
+    return a
+
+
+_hyp_frames = st.one_of(
+    st.builds(lambda p, t: bytes(p) + t, st.one_of(ipv4_packet(), ipv6_packet()), tails),
+    st.builds(lambda p, tag, t: bytes(_vxlan(p, outer=Ether() / Dot1Q(vlan=3) / IP() if tag else None)) + t,
+              st.one_of(ipv4_packet(), ipv6_packet()), st.booleans(), tails),
+    st.binary(max_size=200))
+
+
+@settings(SETTINGS, max_examples=max(10, settings.default.max_examples // 40))     # a simulation per example
+@given(batch=st.lists(st.tuples(_hyp_frames, _action_strategy), min_size=1, max_size=25),
+       stall=st.sampled_from([0, 0.3]))
+def test_hypothesis_batches(batch, stall):
+    """Hypothesis-built frames (the model tests' strategies: IPv4/IPv6 with options and padding, VXLAN
+    with tagged outer headers, random bytes) with random actions, a batch per simulation."""
+    check([((f, k), a) for k, (f, a) in enumerate(batch)], stall=stall, seed=15)
+
+
+# -- timing --------------------------------------------------------------------------------
 
 def timing(pairs):
     """Back-to-back input, ``o.ready`` always high: (cycle of each frame's last input beat, of each
-    frame's first output beat, total cycles until the last output beat)."""
+    frame's first output beat, input beats of each frame, total cycles until the last output beat)."""
     dut = HeaderRewriter()
     rng = random.Random(0)
-    beats = [(b, i == 0) for (f, port), _ in pairs for i, b in enumerate(frame_beats(f, port, rng))]
+    per_frame = [frame_beats(f, port, rng, empty_last=False) for (f, port), _ in pairs]
+    beats = [(b, i == 0) for bs in per_frame for i, b in enumerate(bs)]
     acts = [a.pack() for _, a in pairs]
     last_in, first_out, t = [], [], {"end": 0}
 
@@ -335,27 +491,59 @@ def timing(pairs):
             if in_fire:
                 nact += beats[sent][1]
                 sent += 1
-            assert cyc < 10000
+            assert cyc < 20000
         t["end"] = cyc
 
     sim = Simulator(dut)
     sim.add_clock(1e-8)
     sim.add_testbench(bench)
     sim.run()
-    return last_in, first_out, t["end"]
+    return last_in, first_out, [len(bs) for bs in per_frame], t["end"]
 
 
-@pytest.mark.parametrize("pop", [False, True])
-def test_latency_and_throughput(pop):
-    """First output beat LATENCY (+1 with a pop) cycles after the last input beat; long frames
-    stream at one beat per cycle plus 1 (2 with a pop) idle output cycles per frame."""
+def _pre(frame: bytes, a: Action) -> int:
+    """The documented skip ``pre = max(0, ceil(s / 64))``, s = decap offset + 4 pop - 4 push - 50 encap."""
+    h = parse_headers(frame)
+    dec = a.vxlan_decap and not h.exception and h.inner is not None
+    inner = frame[h.vxlan_off + VXLAN_HLEN:h.inner.end] if dec else frame
+    popped = a.vlan_pop and len(inner) >= 18 and inner[12:14] == b"\x81\x00"
+    rest = inner[:12] + inner[16:] if popped else inner
+    pushed = a.vlan_set and len(rest) >= 14 and not (len(rest) >= 18 and rest[12:14] == b"\x81\x00")
+    s = (h.vxlan_off + VXLAN_HLEN if dec else 0) + 4 * popped - 4 * pushed - VXLAN_OVERHEAD * a.vxlan_encap
+    return max(0, -(-s // 64))
+
+
+TIMING_CASES = {
+    "plain": (lambda r: bytes(Ether() / Dot1Q(vlan=9) / IP() / TCP() / Raw(r.randbytes(1400))), {}),
+    "pop": (lambda r: bytes(Ether() / Dot1Q(vlan=9) / IP() / TCP() / Raw(r.randbytes(1400))), {"vlan_pop": 1}),
+    "push_encap": (lambda r: bytes(Ether() / IP() / TCP() / Raw(r.randbytes(1400))),
+                   {"vlan_set": 1, "vxlan_encap": 1}),
+    "decap4": (lambda r: bytes(_vxlan(Ether() / IP() / TCP() / Raw(r.randbytes(1400)))), {"vxlan_decap": 1}),
+    "decap6_pop": (lambda r: bytes(_vxlan(Ether() / Dot1Q(vlan=1) / IP() / TCP() / Raw(r.randbytes(1400)),
+                                          outer=Ether() / Dot1Q(vlan=2) / IPv6())) + bytes(200),
+                   {"vxlan_decap": 1, "vlan_pop": 1}),
+    "decap_encap": (lambda r: bytes(_vxlan(Ether() / IP() / TCP() / Raw(r.randbytes(1400)))),
+                    {"vxlan_decap": 1, "vxlan_encap": 1, "set_tp_dst": 1}),
+}
+
+
+@pytest.mark.parametrize("case", list(TIMING_CASES))
+def test_latency_and_throughput(case):
+    """First output beat LATENCY + pre cycles after the last input beat; then the output side spends
+    1 + max(input beats, pre + output beats) cycles per frame (docstring of HeaderRewriter)."""
     r = random.Random(13)
-    pairs = [((bytes(Ether() / Dot1Q(vlan=9) / IP() / TCP() / Raw(r.randbytes(1400))), 0),
-              Action(output=1, out_port=1, vlan_pop=int(pop), set_tp_dst=1, tp_dst=80)) for _ in range(8)]
-    last_in, first_out, end = timing(pairs)
-    assert first_out[0] - last_in[0] == LATENCY + pop
-    out_beats = sum(-(-len(w[3]) // BEAT_BYTES) for w in ref_rewrite(pairs))
-    assert end - first_out[0] == out_beats + (1 + pop) * (len(pairs) - 1)
+    make, kw = TIMING_CASES[case]
+    pairs = [((make(r), 0), Action(output=1, out_port=1, tp_dst=80, **kw)) for _ in range(6)]
+    last_in, first_out, n_in, end = timing(pairs)
+    want = ref_rewrite(pairs)
+    n_out = [-(-len(w[2]) // BEAT_BYTES) for w in want]
+    pre = [_pre(f, a) for (f, _), a in pairs]
+    assert len(set(pre)) == 1
+    assert {"plain": 0, "pop": 1, "push_encap": 0, "decap4": 1, "decap6_pop": 2, "decap_encap": 0}[case] == pre[0]
+    assert first_out[0] - last_in[0] == LATENCY + pre[0]
+    for k in range(len(pairs) - 1):
+        assert first_out[k + 1] - first_out[k] == 1 + max(n_in[k], pre[k] + n_out[k]) - pre[k] + pre[k + 1]
+    assert end - first_out[-1] == n_out[-1]
 
 
 def test_rejects_bad_parameters():
@@ -365,6 +553,10 @@ def test_rejects_bad_parameters():
         HeaderRewriter(max_frame=10)
     with pytest.raises(ValueError):
         HeaderRewriter(max_frame=9216, depth=100)
+    with pytest.raises(ValueError, match="min_frame"):
+        HeaderRewriter(min_frame=2000, max_frame=1000)
+    with pytest.raises(TypeError, match="min_frame"):
+        HeaderRewriter(min_frame=60.0)
 
 
 @pytest.mark.sim
