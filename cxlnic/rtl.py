@@ -21,6 +21,7 @@ def blocks(cfg: NicConfig | None = None) -> dict:
     from cxlnic.hdl.cam import TernaryCam
     from cxlnic.hdl.counters import CounterBlock
     from cxlnic.hdl.cuckoo import CuckooEngine
+    from cxlnic.hdl.datapath import Datapath
     from cxlnic.hdl.hash import FlowHasher
     from cxlnic.hdl.parser import PacketParser
     from cxlnic.hdl.rewrite import HeaderRewriter
@@ -28,17 +29,17 @@ def blocks(cfg: NicConfig | None = None) -> dict:
     cfg = cfg or NicConfig()
     r = cfg.regions()
     return {
+        # the datapath top: every block below, resolve, mirrors, the shared DRAM port
+        "datapath": lambda: Datapath(cfg),
         "parser": lambda: PacketParser(min_frame=cfg.min_frame, max_frame=cfg.max_frame),
         "cam": lambda: TernaryCam(entries=cfg.cam_entries),
         "flow_hasher": lambda: FlowHasher(n_buckets=cfg.n_buckets),
         "cuckoo_engine": lambda: CuckooEngine(n_buckets=cfg.n_buckets, buckets_off=r["buckets"][0],
                                               stash_off=r["stash"][0], n_stash=cfg.n_stash,
                                               flows_off=r["flows"][0]),
-        # The counter block keeps every counter on chip (no cache yet): it is built at
-        # 4096 counters, not the full counter region of the configuration.
-        "rewrite": lambda: HeaderRewriter(max_frame=cfg.max_frame),
-        "counters": lambda: CounterBlock(n_counters=min(4096, (cfg.counters + 3) // 4 * 4),
-                                         counters_off=r["counters"][0]),
+        "rewrite": lambda: HeaderRewriter(min_frame=cfg.min_frame, max_frame=cfg.max_frame),
+        # the whole counter region of the configuration, behind the default-size delta cache
+        "counters": lambda: CounterBlock(n_counters=(cfg.counters + 3) // 4 * 4, counters_off=r["counters"][0]),
     }
 
 

@@ -58,6 +58,7 @@ from __future__ import annotations
 import enum
 from collections import Counter as Tally
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from cxlnic.config import NicConfig
 from cxlnic.hdl.layouts import ConnState, CtState, FlowEntry, TcpFlags
@@ -71,7 +72,7 @@ from cxlnic.model.memory import Geometry, TableMemory
 from cxlnic.model.parser import parse
 from cxlnic.model.rules import RuleTable
 
-__all__ = ["SlowPath", "Decision", "Path", "Timeouts", "FENTRY"]
+__all__ = ["SlowPath", "Decision", "Upcall", "Path", "Timeouts", "FENTRY"]
 
 FENTRY = codec(FlowEntry)
 
@@ -111,6 +112,14 @@ class Timeouts:
         }[state]
 
 
+class Upcall(NamedTuple):
+    """A packet the hardware hands to the host: its parsed key, the flow hit that was not
+    eligible for the fast path (``(index, entry)`` or None) and the reason."""
+    key: object
+    hit: tuple | None
+    reason: str
+
+
 @dataclass(slots=True)
 class Decision:
     """What happened to one packet."""
@@ -124,7 +133,7 @@ class Decision:
     flow: int | None = None          # flow entry index for fast-path flow hits
     counter: int | None = None       # counter incremented
     upcall: str | None = None        # why the hardware handed it to the host
-    drop_reason: str | None = None   # "action" or "no_match" when verdict is DROP
+    drop_reason: str | None = None   # "action", "no_match" or "bad_port" when verdict is DROP
     installed: int = 0               # flow entries this packet installed
 
 
@@ -301,29 +310,49 @@ class SlowPath:
     # -- the packet path ------------------------------------------------------
     def process(self, frame: bytes, in_port: int, now: float = 0.0) -> Decision:
         """Decide one frame received on ``in_port`` at time ``now`` (seconds)."""
-        st = self.stats
-        st.packets += 1
-        st.bytes += len(frame)
+        self.stats.packets += 1
+        self.stats.bytes += len(frame)
+        d = self.fast_path(frame, in_port)
+        if isinstance(d, Upcall):
+            d = self._host(d.key, frame, d.hit, d.reason, int(now))
+        return self._account(d)
+
+    def fast_path(self, frame: bytes, in_port: int) -> Decision | Upcall:
+        """The part of :meth:`process` the hardware does on its own, for one frame.
+
+        Returns the :class:`Decision` of an exception (sent to the host as is), a flow
+        hit or a CAM hit (counted on its counter, as the device's counter block does),
+        or the :class:`Upcall` the hardware hands to the host.  Reads the tables and
+        changes nothing but ``counters``; the RTL datapath is checked against it.
+        """
         key = parse(frame, in_port, self.cfg)
         if key.exception:
-            d = Decision(Path.EXCEPTION, Verdict.TO_HOST, 0, bytes(frame), key, upcall="exception")
-            st.exceptions[key.exception] += 1
-            return self._account(d)
-        f = key.flow
-        hit = self.flows.lookup_entry(f)
+            return Decision(Path.EXCEPTION, Verdict.TO_HOST, 0, bytes(frame), key, upcall="exception")
+        hit = self.flows.lookup_entry(key.flow)
         if hit is not None:
             idx, e = hit
             if self._eligible(e, key.tcp_flags):
-                res = apply_actions(frame, self._action(e.action), self.cfg)
                 self.counters.add(e.counter, len(frame))
-                return self._account(Decision(Path.FLOW, res.verdict, res.out_port, res.frame, key,
-                                              flow=idx, counter=e.counter))
-            upcall = "flow_state"
-        else:
-            upcall = self._cam(key, frame)
-            if isinstance(upcall, Decision):
-                return self._account(upcall)
-        return self._account(self._host(key, frame, hit, upcall, int(now)))
+                return self._execute(Path.FLOW, frame, key, self._action(e.action), flow=idx, counter=e.counter)
+            return Upcall(key, hit, "flow_state")
+        d = self._cam(key, frame)
+        return Upcall(key, None, d) if isinstance(d, str) else d
+
+    def execute(self, frame: bytes, action: int, counter: int | None) -> Decision:
+        """A frame the host sends back (reinjects) to go out with action record ``action``,
+        counted on ``counter`` (None: not counted): the datapath's reinject port."""
+        if counter is not None:
+            self.counters.add(counter, len(frame))
+        return self._execute(Path.SLOW, frame, None, self._action(action), counter=counter)
+
+    def _execute(self, path: Path, frame: bytes, key, act, **kw) -> Decision:
+        """Apply action record ``act``: the rewrite plus the output-port check
+        (an OUTPUT to a port >= ``cfg.n_ports`` is dropped, reason ``bad_port``)."""
+        res = apply_actions(frame, act, self.cfg)
+        if res.verdict == Verdict.OUTPUT and res.out_port >= self.cfg.n_ports:
+            return Decision(path, Verdict.DROP, 0, res.frame, key, drop_reason="bad_port", **kw)
+        return Decision(path, res.verdict, res.out_port, res.frame, key,
+                        drop_reason="action" if res.verdict == Verdict.DROP else None, **kw)
 
     @staticmethod
     def _eligible(e, tcp_flags: int) -> bool:
@@ -345,11 +374,10 @@ class SlowPath:
             return "ct_commit"
         if _tracked(key.flow) and self._depends(key, i, on_ct=True, on_tcp_flags=False):
             return "ct_rule"
-        res = apply_actions(frame, self._action(self.rules.action_index_of(i)), self.cfg)
         c = self.rules.counter_of(i)
         self.counters.add(c, len(frame))
-        return Decision(Path.CAM, res.verdict, res.out_port, res.frame, key, rule=i,
-                        rule_id=self.rules.id_at(i), counter=c)
+        return self._execute(Path.CAM, frame, key, self._action(self.rules.action_index_of(i)), rule=i,
+                             rule_id=self.rules.id_at(i), counter=c)
 
     def _host(self, key, frame, hit, upcall: str, now: int) -> Decision:
         """The host's handling of an upcall: conntrack, full classification, installs."""
@@ -377,7 +405,6 @@ class SlowPath:
             key.ct_state = 0
         i = self.rules.classify(key)
         if i is None:
-            st.drops["no_match"] += 1
             return Decision(Path.SLOW, Verdict.DROP, 0, bytes(frame), key, upcall=upcall,
                             drop_reason="no_match")
         a = self.rules.action_index_of(i)
@@ -398,21 +425,23 @@ class SlowPath:
             if not self._depends(key, i, on_ct=True, on_tcp_flags=True):
                 e = FENTRY.new(key=f, conn_state=S.NONE, action=a, last_seen=now)
                 installed += self._install(e, "reactive") is not None
-        res = apply_actions(frame, act, self.cfg)
         c = self.rules.counter_of(i)
         self.counters.add(c, len(frame))
-        return Decision(Path.SLOW, res.verdict, res.out_port, res.frame, key, rule=i,
-                        rule_id=self.rules.id_at(i), counter=c, upcall=upcall, installed=installed)
+        return self._execute(Path.SLOW, frame, key, act, rule=i, rule_id=self.rules.id_at(i), counter=c,
+                             upcall=upcall, installed=installed)
 
     def _account(self, d: Decision) -> Decision:
         st = self.stats
         st.paths[d.path.value] += 1
         st.verdicts[d.verdict.name.lower()] += 1
+        if d.path == Path.EXCEPTION:
+            st.exceptions[d.key.exception] += 1
         if d.upcall:
             st.upcalls[d.upcall] += 1
-        if d.verdict == Verdict.DROP and d.drop_reason is None:
-            d.drop_reason = "action"
-            st.drops["action"] += 1
+        if d.verdict == Verdict.DROP:
+            if d.drop_reason is None:
+                d.drop_reason = "action"
+            st.drops[d.drop_reason] += 1
         return d
 
     # -- connection tracking ----------------------------------------------------
