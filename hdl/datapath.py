@@ -55,7 +55,7 @@ MemWrite = data.StructLayout({"addr": 32, "data": LINE_BITS})
 
 #: 32-bit running statistics, in the order of the ``stats`` port.
 STATS = ("rx_frames", "reinjected", "flow", "cam", "executed", "upcalls", "out_frames", "upcall_frames",
-         "drop_frames", "trunc_beats", "bad_counter", "host_writes",
+         "drop_frames", "exceptions", "trunc_beats", "bad_counter", "host_writes",
          # the cuckoo engine's own counters
          "lookups", "lookup_hits", "lines_read", "cache_hits", "replays", "giveups")
 StatsLayout = data.StructLayout({n: 32 for n in STATS})
@@ -86,6 +86,9 @@ class Datapath(wiring.Component):
     * ``mw``: host line writes (:data:`MemWrite`), one per cycle; ``mw_done``
       pulses (with ``mw_done_addr``) once per write, in order, when the write
       is visible: every frame accepted on ``i`` from the next cycle on sees it.
+    * ``mr`` / ``mr_data``: host line reads (line index → 512-bit line), answered in order;
+      a read waits until every write accepted on ``mw`` before it is complete, and
+      counter-region lines are assembled from the counter block's exact values.
     * ``crd`` / ``crd_data``: exact counter reads (counter index / :class:`Counter`).
     * ``flush`` / ``flush_done``: write every counter back to DRAM.
     * ``m_axi_*``: the DRAM port (AXI4, one line per beat).
@@ -122,7 +125,7 @@ class Datapath(wiring.Component):
         self._frame_fifo = frame_fifo
         self._lookups = lookups
         child_id = max(len(self.cuckoo.m_axi_arid), len(self.counter_block.m_axi_arid), 1)
-        self._id_bits = child_id + 1
+        self._id_bits = child_id + 2            # three read masters, two write masters
         super().__init__({
             "i": In(stream.Signature(Beat)),
             "reinject": In(stream.Signature(Reinject)),
@@ -132,6 +135,8 @@ class Datapath(wiring.Component):
             "mw": In(stream.Signature(MemWrite)),
             "mw_done": Out(1),
             "mw_done_addr": Out(32),
+            "mr": In(stream.Signature(data.StructLayout({"addr": 32}))),
+            "mr_data": Out(stream.Signature(data.StructLayout({"data": LINE_BITS}))),
             "crd": In(stream.Signature(len(self.counter_block.rd.payload))),
             "crd_data": Out(stream.Signature(Counter)),
             "flush": In(1),
@@ -409,6 +414,7 @@ class Datapath(wiring.Component):
         bump("cam", b_fire & (kind == _EXEC) & (path_b == _PATH_CAM))
         bump("executed", b_fire & (kind == _EXEC))
         bump("upcalls", b_fire & (kind == _UPCALL))
+        bump("exceptions", b_fire & (kind == _UPCALL) & (reason == UpcallReason.EXCEPTION))
         bump("bad_counter", b_fire & counting & ~in_range)
 
         # ---------------------------------------------------------------- route frames to the rewriters
@@ -481,13 +487,85 @@ class Datapath(wiring.Component):
         bump("upcall_frames", end & to_up)
         bump("drop_frames", end & to_drop)
 
-        # ---------------------------------------------------------------- counters, DRAM
+        # ---------------------------------------------------------------- host reads (mr)
+        # kinds of the reads in flight, in order: 0 DRAM line, 1 counter line
+        hr = AxiWires(1, "hr")
+        kinds = SyncFIFOBuffered(width=1, depth=32)
+        dram_q = SyncFIFOBuffered(width=LINE_BITS, depth=32)
+        cnt_q = SyncFIFOBuffered(width=LINE_BITS, depth=4)
+        m.submodules.mr_kinds = kinds
+        m.submodules.mr_dram = dram_q
+        m.submodules.mr_cnt = cnt_q
+        c_first, c_lines = r["counters"]
+        mra = self.mr.payload.addr
+        is_cnt = Signal()
+        m.d.comb += is_cnt.eq((mra >= c_first) & (mra < c_first + c_lines))
+        # counter lines: four exact reads through the counter block, one line at a time
+        cl_busy = Signal()
+        cl_line = Signal(32)
+        cl_req = Signal(range(5))          # reads issued
+        cl_got = Signal(range(5))          # values received
+        cl_data = Signal(LINE_BITS)
+        # a DRAM read: at most 32 in flight (the response FIFO is reserved at issue)
+        dram_credits = Signal(range(33), init=32)
+        hr_ar_valid = Signal()
+        hr_addr = Signal(32)
+        writes_idle = Signal()
+        m.d.comb += writes_idle.eq(~inflight.r_rdy & ~ob_valid & ~(self.mw.valid & self.mw.ready))
+        take_dram = self.mr.valid & ~is_cnt & writes_idle & kinds.w_rdy & ~hr_ar_valid & (dram_credits != 0)
+        take_cnt = self.mr.valid & is_cnt & writes_idle & kinds.w_rdy & ~cl_busy
+        m.d.comb += [self.mr.ready.eq(take_dram | take_cnt), kinds.w_en.eq(take_dram | take_cnt),
+                     kinds.w_data.eq(is_cnt)]
+        r_fire = hr.m_axi_rvalid & hr.m_axi_rready
+        with m.If(take_dram):
+            m.d.sync += [hr_ar_valid.eq(1), hr_addr.eq(mra - 0)]
+        with m.If(hr.m_axi_arvalid & hr.m_axi_arready):
+            m.d.sync += hr_ar_valid.eq(0)
+        m.d.sync += dram_credits.eq(dram_credits - take_dram + (dram_q.r_en & dram_q.r_rdy))
         m.d.comb += [
-            cb.rd.valid.eq(self.crd.valid), cb.rd.payload.eq(self.crd.payload), self.crd.ready.eq(cb.rd.ready),
-            self.crd_data.valid.eq(cb.rd_data.valid), self.crd_data.payload.eq(cb.rd_data.payload),
-            cb.rd_data.ready.eq(self.crd_data.ready),
-            cb.flush.eq(self.flush), self.flush_done.eq(cb.flush_done),
+            hr.m_axi_arvalid.eq(hr_ar_valid), hr.m_axi_araddr.eq(hr_addr << LINE_SHIFT), hr.m_axi_arid.eq(0),
+            hr.m_axi_arlen.eq(0), hr.m_axi_arsize.eq(LINE_SHIFT), hr.m_axi_arburst.eq(1),
+            hr.m_axi_rready.eq(1), hr.m_axi_bready.eq(1), hr.m_axi_awvalid.eq(0), hr.m_axi_wvalid.eq(0),
+            dram_q.w_en.eq(r_fire), dram_q.w_data.eq(hr.m_axi_rdata),
         ]
-        read_mux(m, [ck, cb], self, self._id_bits)
+        with m.If(take_cnt):
+            m.d.sync += [cl_busy.eq(1), cl_line.eq(mra - c_first), cl_req.eq(0), cl_got.eq(0)]
+        # the counter block's read port: the line assembly has priority over ``crd``
+        cl_rd = cl_busy & (cl_req != 4)
+        cl_fire = Signal()
+        m.d.comb += cl_fire.eq(cl_rd & cb.rd.ready)
+        own = Signal()                     # rd_data belongs to the line assembly
+        m.d.comb += own.eq(cl_busy & (cl_got != cl_req))
+        m.d.comb += [
+            cb.rd.valid.eq(Mux(cl_busy, cl_rd, self.crd.valid)),
+            cb.rd.payload.eq(Mux(cl_busy, (cl_line << 2) | cl_req[:2], self.crd.payload)),
+            self.crd.ready.eq(~cl_busy & cb.rd.ready),
+            self.crd_data.valid.eq(cb.rd_data.valid & ~own), self.crd_data.payload.eq(cb.rd_data.payload),
+            cb.rd_data.ready.eq(Mux(own, 1, self.crd_data.ready)),
+        ]
+        with m.If(cl_fire):
+            m.d.sync += cl_req.eq(cl_req + 1)
+        with m.If(own & cb.rd_data.valid):
+            m.d.sync += cl_got.eq(cl_got + 1)
+            with m.Switch(cl_got):
+                for k in range(4):
+                    with m.Case(k):
+                        m.d.sync += cl_data[128 * k:128 * (k + 1)].eq(cb.rd_data.payload.as_value())
+        with m.If(cl_busy & (cl_got == 4) & cnt_q.w_rdy):
+            m.d.sync += cl_busy.eq(0)
+        m.d.comb += [cnt_q.w_en.eq(cl_busy & (cl_got == 4)), cnt_q.w_data.eq(cl_data)]
+        # answers in request order
+        k_cnt = kinds.r_data[0]
+        m.d.comb += [
+            self.mr_data.valid.eq(kinds.r_rdy & Mux(k_cnt, cnt_q.r_rdy, dram_q.r_rdy)),
+            self.mr_data.payload.data.eq(Mux(k_cnt, cnt_q.r_data, dram_q.r_data)),
+            kinds.r_en.eq(self.mr_data.valid & self.mr_data.ready),
+            dram_q.r_en.eq(self.mr_data.valid & self.mr_data.ready & ~k_cnt),
+            cnt_q.r_en.eq(self.mr_data.valid & self.mr_data.ready & k_cnt),
+        ]
+
+        # ---------------------------------------------------------------- counters, DRAM
+        m.d.comb += [cb.flush.eq(self.flush), self.flush_done.eq(cb.flush_done)]
+        read_mux(m, [ck, cb, hr], self, self._id_bits)
         write_mux(m, [hw, cb], self, self._id_bits)
         return m

@@ -169,6 +169,8 @@ class DatapathTB:
         self.rein: deque = deque()        # Reinject words
         self.mw: deque = deque()          # (line, bytes)
         self.crd: deque = deque()         # counter indices
+        self.mrq: deque = deque()         # line reads
+        self.mr_lines: list = []          # their data, in order
         self.out: list = []               # (port, frame)
         self.upcalls: list = []           # (reason, frame)
         self.drops: list = []             # (reason, in_port)
@@ -192,7 +194,8 @@ class DatapathTB:
 
     async def reset(self):
         await clock_and_reset(self.dut, {
-            "i__valid": 0, "reinject__valid": 0, "mw__valid": 0, "crd__valid": 0, "o__ready": 0,
+            "i__valid": 0, "reinject__valid": 0, "mw__valid": 0, "crd__valid": 0, "mr__valid": 0,
+            "mr_data__ready": 0, "o__ready": 0,
             "upcall__ready": 0, "drop__ready": 0, "crd_data__ready": 0, "flush": 0})
         await RisingEdge(self.dut.clk)
 
@@ -209,6 +212,9 @@ class DatapathTB:
 
     def read_counter(self, index: int) -> None:
         self.crd.append(index)
+
+    def read_line(self, line: int) -> None:
+        self.mrq.append(line)
 
     # -- the cycle loop ------------------------------------------------------------
     def _frame_beat(self, word: int, which: str):
@@ -235,6 +241,10 @@ class DatapathTB:
             d.upcall__ready.value = int(rng.random() >= self.out_stall)
             d.drop__ready.value = int(rng.random() >= self.out_stall)
             d.crd_data__ready.value = 1
+            d.mr_data__ready.value = int(rng.random() >= self.out_stall)
+            d.mr__valid.value = int(bool(self.mrq))
+            if self.mrq:
+                d.mr__payload.value = self.mrq[0]
             if idle:
                 idle -= 1
                 d.i__valid.value = 0
@@ -278,6 +288,12 @@ class DatapathTB:
             if self.crd and d.crd__ready.value:
                 self.crd.popleft()
                 moved = True
+            if self.mrq and d.mr__ready.value:
+                self.mrq.popleft()
+                moved = True
+            if d.mr_data__valid.value and d.mr_data__ready.value:
+                self.mr_lines.append(d.mr_data__payload.value.to_unsigned().to_bytes(LINE_BYTES, "little"))
+                moved = True
             if d.mw_done.value:
                 self.mw_done.append(d.mw_done_addr.value.to_unsigned())
                 moved = True
@@ -305,7 +321,7 @@ class DatapathTB:
                 moved = True
             await RisingEdge(d.clk)
             self.cycles += 1
-            busy = bool(self.rx or self.rein or self.mw or self.crd or mw_now)
+            busy = bool(self.rx or self.rein or self.mw or self.crd or self.mrq or mw_now)
             quiet = 0 if moved or idle else quiet + 1
             settle = 0 if moved or busy else settle + 1
             if quiet > stuck_cycles and busy:
@@ -317,7 +333,7 @@ class DatapathTB:
 
     def stuck_report(self) -> str:
         d = self.dut
-        chans = ("i", "reinject", "mw", "o", "upcall", "drop", "crd", "crd_data")
+        chans = ("i", "reinject", "mw", "mr", "mr_data", "o", "upcall", "drop", "crd", "crd_data")
         parts = [f"{c} valid={getattr(d, c + '__valid').value} ready={getattr(d, c + '__ready').value}"
                  for c in chans]
         return (f"Datapath stuck after {self.cycles} cycles ({len(self.rx)} rx beats, {len(self.rein)} "

@@ -99,6 +99,8 @@ async def run_and_check(dut, tb, sp, packets, *, reinject=True, extra_frames=())
                   len(tb.upcalls), len(tb.drops), tb.cycles)
     st = tb.stats()
     assert st["flow"] == paths["flow"] and st["cam"] == paths["cam"], f"path counters {st} vs model {paths}"
+    assert st["exceptions"] == paths["exception"], f"exception counter {st} vs model {paths}"
+    assert st["upcalls"] == paths["upcall"] + paths["exception"], f"upcall counter {st} vs model {paths}"
     if not reinject:
         return bad, exp
     # The host sends upcalled frames back with the action of the rule it classifies them to.
@@ -156,6 +158,16 @@ async def check_counters(dut, tb, sp) -> int:
     await tb.run(until=lambda: len(tb.counters) >= len(idx))
     want = [sp.counters.get(i) for i in idx]
     bad = compare(dut, "counter", tb.counters, want)
+    # whole counter lines through the host read port, and table lines beside them (in one stream)
+    g = sp.geom
+    lines = sorted({g.counters_off + i // 4 for i in idx})
+    lines += tb.rng.sample(range(g.counters_off), 32)
+    tb.mr_lines.clear()
+    for line in lines:
+        tb.read_line(line)
+    await tb.run(until=lambda: len(tb.mr_lines) >= len(lines))
+    sp.mem.apply(sp.counters.writes())             # the model's counter lines, in the table format
+    bad += compare(dut, "mr line", [(x,) for x in tb.mr_lines], [(sp.mem.read_line(x),) for x in lines])
     dut._log.info("%d counters read, %d of them nonzero in the model", len(idx), sum(1 for w in want if w[0]))
     return bad
 
