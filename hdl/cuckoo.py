@@ -11,7 +11,7 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from cxlnic.hdl.hash import FlowHasher
-from cxlnic.hdl.layouts import LINE_BITS, LINE_BYTES, SLOTS_PER_BUCKET, Bucket, FlowEntry, FlowKey
+from cxlnic.hdl.layouts import LINE_BITS, LINE_BYTES, SLOTS_PER_BUCKET, Bucket, BucketSlot, FlowEntry, FlowKey
 from cxlnic.hdl.util import checked_init
 
 __all__ = ["CuckooEngine", "LookupRequest", "LookupResult"]
@@ -32,8 +32,10 @@ def LookupResult(tag_bits: int) -> data.StructLayout:
     return data.StructLayout({"tag": tag_bits, "hit": 1, "index": _PTR_BITS, "entry": FlowEntry})
 
 
-# Context states.  A context is one lookup in flight; its number is its ARID.
-_IDLE, _ISSUE, _WAIT, _DONE = range(4)
+# Context states.  A context is one lookup in flight; its number is its ARID.  _ISSUE: a DRAM
+# read to issue; _WAIT: its R beat outstanding; _PROBE: a bucket/stash line to look up in the
+# bucket cache; _PWAIT: that cache read in flight.
+_IDLE, _ISSUE, _WAIT, _DONE, _PROBE, _PWAIT = range(6)
 # What the context's next (or outstanding) read returns.
 _BUCKET, _ENTRY = range(2)
 # Which bucket line the context is searching.
@@ -65,12 +67,14 @@ class CuckooEngine(wiring.Component):
       order across IDs.  ``rresp`` is ignored.  The write channels exist only
       so that a full AXI4 slave model attaches; they are tied idle.
     * ``wr``: stream of line indices of host writes to bucket and stash
-      lines, always ready (the CXL agent reports each such write as it
-      becomes visible).
-    * ``lookups``, ``hits``, ``lines_read``, ``replays``, ``giveups``: 32-bit
-      running counters (results emitted, hits emitted, AR handshakes,
-      lookups restarted, lookups that reached ``max_replays`` and reported
-      a miss while writes were still hitting their lines).
+      lines, always ready; ``wr_pending`` (1): a host bucket/stash write is in
+      flight (contract below).
+    * ``lookups``, ``hits``, ``lines_read``, ``replays``, ``giveups``,
+      ``cache_hits``: 32-bit running counters (results emitted, hits emitted,
+      DRAM reads = AR handshakes, lookups restarted, lookups that reached
+      ``max_replays`` and reported a miss while writes were still hitting
+      their lines, bucket/stash lines served by the bucket cache).
+      ``lines_read + cache_hits`` is the model's ``lookup_reads``.
 
     Outstanding lookups and ordering
     --------------------------------
@@ -80,6 +84,63 @@ class CuckooEngine(wiring.Component):
     is the reorder buffer.  Every context has at most one read outstanding
     (ARID = context), so R beats may return in any order.  The R path never
     stalls: each beat is decided in the cycle after it arrives.
+
+    Bucket cache
+    ------------
+    ``bucket_cache_lines`` (default ``n_buckets``; 0 = no cache; else a power
+    of two <= ``n_buckets``): an on-chip copy of bucket lines, direct-mapped by
+    bucket number (a tag of log2(n_buckets / bucket_cache_lines) bits when
+    smaller; none at full size), plus one line per stash line.  Each entry is
+    ``valid`` + tag + the 8 slots (384 bits): 4096 buckets at full size are
+    4097 × 386 bits ≈ 1.58 Mbit (about 44 RAMB36).  The memory has two read
+    ports and one write port (an FPGA build duplicates it, or maps it onto
+    true-dual-port BRAM with the second lookup port sharing the write port).
+    Lookups read it in two lanes that run in parallel with the R path, each
+    deciding one line per cycle exactly as for an R beat: lane P reads the
+    primary bucket in the cycle the hash leaves the hasher; lane S serves the
+    secondary bucket, the stash lines and replayed primaries (contexts in
+    state PROBE, oldest first).  A cache miss turns into the DRAM read.  So a
+    hit normally costs one DRAM line (its entry line) and the throughput
+    bound is min(1, 1 / DRAM lines per lookup) (one result per cycle).
+    Fills: every R beat of a bucket/stash line is written into the cache
+    unless (1) its lookup saw a ``wr`` report on its primary, secondary or a
+    stash line since it (re)started (its ``dirty`` bit, which covers the time
+    since this read was issued), (2) ``wr.valid`` is high in the fill cycle
+    (any report takes the write port: the report invalidates its line), or
+    (3) ``wr_pending`` is high in the fill cycle.  Every ``wr`` report
+    invalidates its line's cache entry.  The cache memories are not reset:
+    after reset the engine clears them, one line per cycle
+    (``bucket_cache_lines`` cycles); meanwhile every probe counts as a miss
+    (lookups read DRAM) and nothing is filled.
+
+    Write-report contract (for whoever drives ``wr`` / ``wr_pending``)
+    ------------------------------------------------------------------
+    Each host write to a bucket or stash line is reported on ``wr`` twice:
+    when it is issued to DRAM (no later than the first R beat whose data
+    reflects it, as the replay scheme needs) and again when its B response
+    arrives, after which every read issued reflects it.  ``wr_pending`` is
+    high in every cycle strictly between the two reports of any such write
+    (it may be high in them too).  A write that becomes visible atomically in
+    one cycle may instead be reported once, in that cycle, with
+    ``wr_pending`` low (issue = B response); the testbenches do that, and the
+    split form with ``wr_pending``.
+
+    Why a valid cache line always equals the line's newest content: take a
+    fill of line X from a read issued (AR) in cycle a and written to the
+    cache in cycle f.  For any write W to X: if W's B response (second
+    report) came before a, the read reflects W; if either report of W falls in
+    [a, f], rule (1) or (2) drops the fill (W's reports to X set the lookup's
+    ``dirty`` bit, which was cleared before a); if W was issued before a and
+    completes after f, ``wr_pending`` is high at f and rule (3) drops it; if
+    W is issued after f, its first report invalidates the entry.  So while an
+    entry is valid, it holds X as left by every write reported so far (all of
+    them complete before its read was issued), i.e. the DRAM content of X at
+    one point between two writes — exactly what a DRAM read of X issued at
+    the probe could return.  A probe reads the cache content before the
+    same cycle's invalidation, but that report also sets the probing
+    lookup's ``dirty`` bit, so the replay argument below is unchanged: each
+    bucket/stash line a lookup uses, from DRAM or from the cache, reflects
+    the writes reported before its start unless a report on it came since.
 
     Replay guarantee (no false miss while the host moves entries)
     -------------------------------------------------------------
@@ -95,35 +156,41 @@ class CuckooEngine(wiring.Component):
     touched K's bucket or stash lines between the start and the miss
     decision, then every such line the lookup read reflects exactly the
     writes reported before the start (later ones are, by the contract, not
-    yet in any beat it received), i.e. one single state of the table between
-    two line writes.  The host's copy-before-delete order keeps K in a slot
-    of that state, and K's entry line is not rewritten while K is present
-    (updates keep key and valid), so the search finds it.  Otherwise the
-    lookup replays, so a miss is only reported after a write-free pass over
-    K's lines, or after ``max_replays`` replays (counted in ``giveups``: the
-    host would have to rewrite one of the key's three lines more than
-    ``max_replays`` times during one lookup, which a single writer whose
-    inserts move at most ``max_moves`` slots does not do to one key).
+    yet in any beat it received, nor in the cache), i.e. one single state of
+    the table between two line writes.  The host's copy-before-delete order
+    keeps K in a slot of that state, and K's entry line is not rewritten
+    while K is present (updates keep key and valid), so the search finds it.
+    Otherwise the lookup replays, so a miss is only reported after a
+    write-free pass over K's lines, or after ``max_replays`` replays (counted
+    in ``giveups``: the host would have to rewrite one of the key's three
+    lines more than ``max_replays`` times during one lookup, which a single
+    writer whose inserts move at most ``max_moves`` slots does not do to one
+    key).
 
     Latency and throughput
     ----------------------
     With DRAM read latency L cycles (AR handshake to R beat) and no
-    backpressure, a lookup that reads n lines takes about
-    ``3 (hash) + 1 + n·(L + 3) + 2`` cycles from ``i`` to ``o``.  Throughput
-    is bounded by one R beat per cycle, i.e. 1/n lookups per cycle (about
-    1/2.1 at 90 % load for hits, 1/3 for misses with one stash line), once
-    the contexts cover the latency.  Because results retire in order, a
+    backpressure, a lookup that reads n lines from DRAM takes about
+    ``3 (hash) + 1 + n·(L + 3) + 2`` cycles from ``i`` to ``o`` without the
+    cache, about ``L + 9`` for a hit whose buckets are cached (+ 2 per bucket
+    probe that misses the cache).  Throughput is bounded by one R beat per
+    cycle and one result per cycle, i.e. min(1, 1/n) lookups per cycle for n
+    DRAM lines per lookup: without the cache about 1/2.1 at 90 % load for
+    hits, 1/3 for misses with one stash line; with a warm full-size cache
+    about 1 (one entry line per hit).  Because results retire in order, a
     context stays busy until every older lookup is done, so reaching the
-    bound takes about 3·(L + 3) contexts rather than n·(L + 3); reads are
-    issued oldest lookup first to keep that margin small.  Measured in
-    Amaranth's simulator (hits at 90 % load, 2.16 lines per lookup, bound
-    0.463): L = 10: 0.47 lookups/cycle with 32 contexts; L = 40: 0.24 / 0.38
-    / 0.47 with 32 / 64 / 128 contexts; L = 100: 0.33 with 128.
+    bound takes about rate × (latency + the wait behind slower older
+    lookups) contexts: without the cache about 3·(L + 3); with the cache
+    about L + 12 plus a margin for the few lookups that need a second DRAM
+    read.  Reads and probes are issued oldest lookup first to keep that
+    margin small.  Measured (scripts/bench_datapath.py, hits, 256 buckets):
+    see ``docs/rtl.md``.
     """
 
     @checked_init
     def __init__(self, *, n_buckets: int, buckets_off: int, stash_off: int, n_stash: int, flows_off: int,
-                 max_outstanding: int = 32, axi_id_bits: int = 8, tag_bits: int = 16, max_replays: int = 15):
+                 max_outstanding: int = 32, axi_id_bits: int = 8, tag_bits: int = 16, max_replays: int = 15,
+                 bucket_cache_lines: int | None = None):
         if not isinstance(n_buckets, int) or n_buckets < 2 or n_buckets & (n_buckets - 1):
             raise ValueError(f"n_buckets = {n_buckets!r}: must be a power of two >= 2")
         for name, v in (("buckets_off", buckets_off), ("stash_off", stash_off), ("flows_off", flows_off)):
@@ -142,6 +209,13 @@ class CuckooEngine(wiring.Component):
             raise ValueError(f"tag_bits = {tag_bits!r}: must be >= 1")
         if not isinstance(max_replays, int) or not 0 <= max_replays <= 255:
             raise ValueError(f"max_replays = {max_replays!r}: must be in [0, 255]")
+        if bucket_cache_lines is None:
+            bucket_cache_lines = n_buckets
+        if (not isinstance(bucket_cache_lines, int) or bucket_cache_lines < 0 or bucket_cache_lines > n_buckets
+                or bucket_cache_lines & (bucket_cache_lines - 1)):
+            raise ValueError(f"bucket_cache_lines = {bucket_cache_lines!r}: must be 0 (no cache) or a power of "
+                             f"two <= n_buckets = {n_buckets}")
+        self._cache_lines = bucket_cache_lines
         self._n_buckets = n_buckets
         self._buckets_off = buckets_off
         self._stash_off = stash_off
@@ -156,6 +230,7 @@ class CuckooEngine(wiring.Component):
             "i": In(stream.Signature(LookupRequest(tag_bits))),
             "o": Out(stream.Signature(LookupResult(tag_bits))),
             "wr": In(stream.Signature(data.StructLayout({"line": _LINE_INDEX_BITS}))),
+            "wr_pending": In(1),
             # AXI4 read address channel
             "m_axi_arvalid": Out(1), "m_axi_arready": In(1), "m_axi_araddr": Out(_ADDR_BITS),
             "m_axi_arid": Out(axi_id_bits), "m_axi_arlen": Out(8), "m_axi_arsize": Out(3),
@@ -173,7 +248,7 @@ class CuckooEngine(wiring.Component):
             "m_axi_bresp": In(2),
             # statistics
             "lookups": Out(32), "hits": Out(32), "lines_read": Out(32), "replays": Out(32),
-            "giveups": Out(32),
+            "giveups": Out(32), "cache_hits": Out(32),
         })
 
     @property
@@ -212,6 +287,74 @@ class CuckooEngine(wiring.Component):
     def max_replays(self) -> int:
         return self._max_replays
 
+    @property
+    def bucket_cache_lines(self) -> int:
+        return self._cache_lines
+
+    def _decide(self, m, pfx, *, is_bucket, slots, c_mask, saved_ptrs, ehit, sig, phase, sidx, prim, sec, nrep,
+                dirty_now, next_bucket, cur_ptr=None, primary_only=False):
+        """Next-state logic for a context after one line (bucket/stash line or entry line) arrived.
+
+        Shared by the R path and the two cache lanes (which only see bucket/stash lines).
+        Returns a dict of signals named ``<pfx>_*``.
+        """
+        ns, bo, so, fo = self._n_stash, self._buckets_off, self._stash_off, self._flows_off
+        sb = max(1, (ns - 1).bit_length()) if ns else 1
+        rb = max(1, self._max_replays.bit_length())
+        d = {k: Signal(w, name=f"{pfx}_{k}") for k, w in (
+            ("state", 3), ("kind", 1), ("phase", 2), ("sidx", sb), ("line", _LINE_INDEX_BITS),
+            ("mask", SLOTS_PER_BUCKET), ("cur", 3), ("hit", 1), ("nrep", rb), ("restart", 1), ("replay", 1),
+            ("giveup", 1), ("cand", SLOTS_PER_BUCKET), ("first", 3), ("first_ptr", _PTR_BITS))}
+        bmatch = Cat(*[s.valid & (s.sig == sig) for s in slots])
+        cand, first = d["cand"], d["first"]
+        m.d.comb += cand.eq(Mux(is_bucket, bmatch, c_mask))
+        for j in reversed(range(SLOTS_PER_BUCKET)):
+            with m.If(cand[j]):
+                m.d.comb += first.eq(j)
+        bptrs = Array([s.entry for s in slots])
+        if saved_ptrs is None:
+            m.d.comb += d["first_ptr"].eq(bptrs[first])
+        else:
+            m.d.comb += d["first_ptr"].eq(Mux(is_bucket, bptrs[first], saved_ptrs[first]))
+        m.d.comb += [
+            d["state"].eq(_ISSUE), d["kind"].eq(_BUCKET), d["phase"].eq(phase), d["sidx"].eq(sidx),
+            d["mask"].eq(c_mask), d["cur"].eq(first), d["nrep"].eq(nrep), d["line"].eq(0),
+        ]
+        # a priority chain: (condition, statements); constant conditions are left out (Verilator
+        # warns about the overlapping case patterns that constant-folded ones leave behind)
+        chain = []
+        if ehit is not None:
+            # the line just read is the hit entry's: keep it (the result's index is line - flows_off)
+            chain.append((ehit, [d["state"].eq(_DONE), d["hit"].eq(1), d["line"].eq(fo + cur_ptr)]))
+        chain.append((cand.any(), [
+            d["kind"].eq(_ENTRY), d["line"].eq(fo + d["first_ptr"]),
+            d["mask"].eq(cand & ~(Const(1, SLOTS_PER_BUCKET) << first)),
+        ]))
+        to_secondary = [d["state"].eq(next_bucket), d["phase"].eq(_SECONDARY), d["line"].eq(bo + sec)]
+        if primary_only:
+            chain.append((None, to_secondary))
+        else:
+            chain.append((phase == _PRIMARY, to_secondary))
+            if ns:
+                chain.append((phase == _SECONDARY, [d["state"].eq(next_bucket), d["phase"].eq(_STASH),
+                                                    d["sidx"].eq(0), d["line"].eq(so)]))
+                if ns > 1:
+                    chain.append((sidx != ns - 1, [d["state"].eq(next_bucket), d["sidx"].eq(sidx + 1),
+                                                   d["line"].eq(so + sidx + 1)]))
+            chain.append((dirty_now & (nrep != self._max_replays), [
+                d["state"].eq(next_bucket), d["replay"].eq(1), d["restart"].eq(1), d["phase"].eq(_PRIMARY),
+                d["line"].eq(bo + prim), d["nrep"].eq(nrep + 1),
+            ]))
+            chain.append((None, [d["state"].eq(_DONE), d["giveup"].eq(dirty_now)]))
+        for k, (cond, stmts) in enumerate(chain):
+            if cond is None:
+                with m.Else():
+                    m.d.comb += stmts
+            else:
+                with (m.If if k == 0 else m.Elif)(cond):
+                    m.d.comb += stmts
+        return d
+
     def elaborate(self, platform):
         m = Module()
         n = self._max_outstanding
@@ -220,6 +363,9 @@ class CuckooEngine(wiring.Component):
         bo, so, fo, ns = self._buckets_off, self._stash_off, self._flows_off, self._n_stash
         sb = max(1, (ns - 1).bit_length()) if ns else 1
         rb = max(1, self._max_replays.bit_length())
+        nc = self._cache_lines
+        cache = nc > 0
+        next_bucket = _PROBE if cache else _ISSUE
 
         # -- AXI constants and tie-offs ------------------------------------------------
         m.d.comb += [
@@ -231,7 +377,7 @@ class CuckooEngine(wiring.Component):
         ]
 
         # -- context table (small per-lookup state in registers) -------------------------
-        state = [Signal(2, name=f"c{c}_state") for c in range(n)]
+        state = [Signal(3, name=f"c{c}_state") for c in range(n)]
         kind = [Signal(1, name=f"c{c}_kind") for c in range(n)]
         phase = [Signal(2, name=f"c{c}_phase") for c in range(n)]
         sidx = [Signal(sb, name=f"c{c}_sidx") for c in range(n)]
@@ -244,8 +390,9 @@ class CuckooEngine(wiring.Component):
         dirty = [Signal(name=f"c{c}_dirty") for c in range(n)]
         nrep = [Signal(rb, name=f"c{c}_nrep") for c in range(n)]
         hit = [Signal(name=f"c{c}_hit") for c in range(n)]
-        index = [Signal(_PTR_BITS, name=f"c{c}_index") for c in range(n)]
-        a_state, a_line, a_hit, a_index = Array(state), Array(line), Array(hit), Array(index)
+        a_state, a_line, a_hit = Array(state), Array(line), Array(hit)
+        a_kind, a_phase, a_sidx, a_mask = Array(kind), Array(phase), Array(sidx), Array(mask)
+        a_cur, a_sig, a_prim, a_sec, a_nrep = Array(cur), Array(sig), Array(prim), Array(sec), Array(nrep)
 
         # Wide per-lookup state in memories: key and tag (written on acceptance), the
         # entry pointers of the last bucket read, the hit entry line.
@@ -285,27 +432,33 @@ class CuckooEngine(wiring.Component):
             m.d.sync += hptr.eq(hptr + 1)
 
         # -- write reports: mark contexts whose lines were written ----------------------
+        wr_line = self.wr.payload.line
         in_stash = Signal()
         if ns:
-            m.d.comb += in_stash.eq((self.wr.payload.line >= so) & (self.wr.payload.line < so + ns))
+            m.d.comb += in_stash.eq((wr_line >= so) & (wr_line < so + ns))
         touched = [Signal(name=f"c{c}_touched") for c in range(n)]
         for c in range(n):
             m.d.comb += touched[c].eq(self.wr.valid & (
-                in_stash | (self.wr.payload.line == bo + prim[c]) | (self.wr.payload.line == bo + sec[c])))
-        a_dirty_now = Array([dirty[c] | touched[c] for c in range(n)])
+                in_stash | (wr_line == bo + prim[c]) | (wr_line == bo + sec[c])))
+        a_dirty, a_dirty_now = Array(dirty), Array([dirty[c] | touched[c] for c in range(n)])
+
+        def oldest(name, req):
+            """The context nearest the head (oldest) among ``req``; results retire in order, so a
+            young lookup served early would only wait in its context for the older ones anyway."""
+            rot = Signal(n, name=f"{name}_rot")
+            m.d.comb += rot.eq(Cat(req, req) >> head)
+            age = Signal(cb, name=f"{name}_age")
+            for c in reversed(range(n)):
+                with m.If(rot[c]):
+                    m.d.comb += age.eq(c)
+            g = Signal(cb, name=f"{name}_grant")
+            m.d.comb += g.eq(head + age)
+            return g
 
         # -- AR: the oldest context with a read to issue ----------------------------------
-        # Oldest first (rotated at the head), because results retire in order: a young
-        # lookup served early only waits in its context for the older ones anyway.
-        issue = Cat(*[s == _ISSUE for s in state])
-        rot = Signal(n)
-        m.d.comb += rot.eq(Cat(issue, issue) >> head)
-        age = Signal(cb)
-        for c in reversed(range(n)):
-            with m.If(rot[c]):
-                m.d.comb += age.eq(c)
-        grant = Signal(cb)
-        m.d.comb += grant.eq(head + age)
+        issue = Signal(n)
+        m.d.comb += issue.eq(Cat(*[s == _ISSUE for s in state]))
+        grant = oldest("ar", issue)
         ar_load = Signal()
         m.d.comb += ar_load.eq(issue.any() & (~self.m_axi_arvalid | self.m_axi_arready))
         with m.If(ar_load):
@@ -326,26 +479,21 @@ class CuckooEngine(wiring.Component):
             m.d.sync += [s1_ctx.eq(self.m_axi_rid[:cb]), s1_data.eq(self.m_axi_rdata)]
         m.d.comb += [key_r.addr.eq(self.m_axi_rid[:cb]), ptr_r.addr.eq(self.m_axi_rid[:cb])]
 
-        c_kind, c_phase, c_sidx = Array(kind)[s1_ctx], Array(phase)[s1_ctx], Array(sidx)[s1_ctx]
-        c_mask, c_cur, c_sig = Array(mask)[s1_ctx], Array(cur)[s1_ctx], Array(sig)[s1_ctx]
-        c_prim, c_sec, c_nrep = Array(prim)[s1_ctx], Array(sec)[s1_ctx], Array(nrep)[s1_ctx]
+        c_kind, c_phase, c_sidx = a_kind[s1_ctx], a_phase[s1_ctx], a_sidx[s1_ctx]
+        c_prim, c_sec = a_prim[s1_ctx], a_sec[s1_ctx]
+        c_cur = Signal(3)
+        m.d.comb += c_cur.eq(a_cur[s1_ctx])
 
         bucket = Bucket(s1_data)
         entry = FlowEntry(s1_data)
         is_bucket = Signal()
         m.d.comb += is_bucket.eq(c_kind == _BUCKET)
-        bmatch = Cat(*[s.valid & (s.sig == c_sig) for s in bucket.slots])
-        cand = Signal(SLOTS_PER_BUCKET)
-        m.d.comb += cand.eq(Mux(is_bucket, bmatch, c_mask))
-        first = Signal(3)
-        for j in reversed(range(SLOTS_PER_BUCKET)):
-            with m.If(cand[j]):
-                m.d.comb += first.eq(j)
-        bptrs = Array([s.entry for s in bucket.slots])
-        first_ptr = Signal(_PTR_BITS)
-        m.d.comb += first_ptr.eq(Mux(is_bucket, bptrs[first], ptr_r.data[first]))
         ehit = Signal()
         m.d.comb += ehit.eq(~is_bucket & entry.valid & (entry.key.as_value() == key_r.data.as_value()))
+        rd = self._decide(m, "r", is_bucket=is_bucket, slots=bucket.slots, c_mask=a_mask[s1_ctx],
+                          saved_ptrs=ptr_r.data, ehit=ehit, sig=a_sig[s1_ctx], phase=c_phase, sidx=c_sidx,
+                          prim=c_prim, sec=c_sec, nrep=a_nrep[s1_ctx], dirty_now=a_dirty_now[s1_ctx],
+                          next_bucket=next_bucket, cur_ptr=ptr_r.data[c_cur])
         m.d.comb += [
             ptr_w.addr.eq(s1_ctx), ptr_w.en.eq(s1_valid & is_bucket),
             res_w.addr.eq(s1_ctx), res_w.data.eq(s1_data), res_w.en.eq(s1_valid & ehit),
@@ -353,38 +501,16 @@ class CuckooEngine(wiring.Component):
         for j in range(SLOTS_PER_BUCKET):
             m.d.comb += ptr_w.data[j].eq(bucket.slots[j].entry)
 
-        # The decision for the context of the beat: next read, hit, replay or miss.
-        n_state, n_kind, n_phase = Signal(2), Signal(1), Signal(2)
-        n_sidx, n_line, n_mask = Signal(sb), Signal(_LINE_INDEX_BITS), Signal(SLOTS_PER_BUCKET)
-        n_cur, n_hit, n_index = Signal(3), Signal(), Signal(_PTR_BITS)
-        n_restart, n_nrep = Signal(), Signal(rb)
-        do_replay, do_giveup = Signal(), Signal()
-        m.d.comb += [
-            n_state.eq(_ISSUE), n_kind.eq(_BUCKET), n_phase.eq(c_phase), n_sidx.eq(c_sidx),
-            n_mask.eq(c_mask), n_cur.eq(c_cur), n_nrep.eq(c_nrep), n_line.eq(0),
-        ]
-        with m.If(ehit):
-            m.d.comb += [n_state.eq(_DONE), n_hit.eq(1), n_index.eq(ptr_r.data[c_cur])]
-        with m.Elif(cand.any()):
-            m.d.comb += [
-                n_kind.eq(_ENTRY), n_line.eq(fo + first_ptr),
-                n_mask.eq(cand & ~(Const(1, SLOTS_PER_BUCKET) << first)), n_cur.eq(first),
-            ]
-        with m.Elif(c_phase == _PRIMARY):
-            m.d.comb += [n_phase.eq(_SECONDARY), n_line.eq(bo + c_sec)]
-        if ns:
-            with m.Elif(c_phase == _SECONDARY):
-                m.d.comb += [n_phase.eq(_STASH), n_sidx.eq(0), n_line.eq(so)]
-            if ns > 1:
-                with m.Elif(c_sidx != ns - 1):
-                    m.d.comb += [n_sidx.eq(c_sidx + 1), n_line.eq(so + c_sidx + 1)]
-        with m.Elif(a_dirty_now[s1_ctx] & (c_nrep != self._max_replays)):
-            m.d.comb += [
-                do_replay.eq(1), n_restart.eq(1), n_phase.eq(_PRIMARY), n_line.eq(bo + c_prim),
-                n_nrep.eq(c_nrep + 1),
-            ]
-        with m.Else():
-            m.d.comb += [n_state.eq(_DONE), do_giveup.eq(a_dirty_now[s1_ctx])]
+        # -- bucket cache: two probe lanes (primary at hash time, then secondary/stash) ------
+        lanes = []                  # (valid, ctx, hit, decision, probe grant) of each cache lane
+        cache_hit_count = Const(0, 2)
+        if cache:
+            lanes, cache_hit_count = self._cache(m, h_fire=h_fire, hk=hk, hptr=hptr, head=head, state=state,
+                                                 a_line=a_line, a_phase=a_phase, a_sidx=a_sidx, a_sig=a_sig,
+                                                 a_prim=a_prim, a_sec=a_sec, a_nrep=a_nrep, a_mask=a_mask,
+                                                 a_dirty=a_dirty, a_dirty_now=a_dirty_now, oldest=oldest,
+                                                 ptr_mem=ptr_mem, fill=(s1_valid & is_bucket, s1_data, c_phase,
+                                                                        c_prim, c_sec, c_sidx, a_dirty[s1_ctx]))
 
         # -- output: retire the head context when done -----------------------------------
         fire_a = Signal()
@@ -401,7 +527,8 @@ class CuckooEngine(wiring.Component):
         ]
         with m.If(fire_a):
             m.d.sync += [
-                self.o.valid.eq(1), o_hit.eq(a_hit[head]), o_index.eq(Mux(a_hit[head], a_index[head], 0)),
+                self.o.valid.eq(1), o_hit.eq(a_hit[head]),
+                o_index.eq(Mux(a_hit[head], (a_line[head] - fo)[:_PTR_BITS], 0)),
                 head.eq(head + 1),
             ]
         with m.Elif(self.o.ready):
@@ -409,37 +536,177 @@ class CuckooEngine(wiring.Component):
         m.d.sync += count.eq(count + i_fire - fire_a)
 
         # -- per-context register updates (the sources touch contexts in distinct states) -
+        def apply(c, d):
+            m.d.sync += [
+                state[c].eq(d["state"]), kind[c].eq(d["kind"]), phase[c].eq(d["phase"]), sidx[c].eq(d["sidx"]),
+                line[c].eq(d["line"]), mask[c].eq(d["mask"]), cur[c].eq(d["cur"]), hit[c].eq(d["hit"]),
+                nrep[c].eq(d["nrep"]),
+            ]
+
         for c in range(n):
+            restart = [h_fire & (hptr == c), s1_valid & (s1_ctx == c) & rd["restart"]]
             with m.If(h_fire & (hptr == c)):
                 m.d.sync += [
-                    state[c].eq(_ISSUE), kind[c].eq(_BUCKET), phase[c].eq(_PRIMARY),
+                    state[c].eq(_PWAIT if cache else _ISSUE), kind[c].eq(_BUCKET), phase[c].eq(_PRIMARY),
                     line[c].eq(bo + hk.primary), sig[c].eq(hk.sig), prim[c].eq(hk.primary),
                     sec[c].eq(hk.secondary), nrep[c].eq(0), hit[c].eq(0),
                 ]
             with m.Elif(ar_load & (grant == c)):
                 m.d.sync += state[c].eq(_WAIT)
             with m.Elif(s1_valid & (s1_ctx == c)):
-                m.d.sync += [
-                    state[c].eq(n_state), kind[c].eq(n_kind), phase[c].eq(n_phase), sidx[c].eq(n_sidx),
-                    line[c].eq(n_line), mask[c].eq(n_mask), cur[c].eq(n_cur), hit[c].eq(n_hit),
-                    index[c].eq(n_index), nrep[c].eq(n_nrep),
-                ]
+                apply(c, rd)
+            for lv, lctx, lhit, ld, lgrant in lanes:
+                with m.Elif(lv & (lctx == c)):
+                    with m.If(lhit):
+                        apply(c, ld)
+                    with m.Else():
+                        m.d.sync += state[c].eq(_ISSUE)     # not cached: read it from DRAM
+                restart.append(lv & (lctx == c) & lhit & ld["restart"])
+                if lgrant is not None:
+                    with m.Elif(lgrant[0] & (lgrant[1] == c)):
+                        m.d.sync += state[c].eq(_PWAIT)
             with m.Elif(fire_a & (head == c)):
                 m.d.sync += state[c].eq(_IDLE)
             # A write report wins over a (re)start's clear: at worst one extra replay.
-            restart = (h_fire & (hptr == c)) | (s1_valid & (s1_ctx == c) & n_restart)
             with m.If(touched[c]):
                 m.d.sync += dirty[c].eq(1)
-            with m.Elif(restart):
+            with m.Elif(Cat(*restart).any()):
                 m.d.sync += dirty[c].eq(0)
 
         # -- statistics -------------------------------------------------------------------
         o_fire = self.o.valid & self.o.ready
+        replays = s1_valid & rd["replay"]
+        giveups = s1_valid & rd["giveup"]
+        for lv, _lctx, lhit, ld, _lgrant in lanes:
+            replays = replays + (lv & lhit & ld["replay"])
+            giveups = giveups + (lv & lhit & ld["giveup"])
         m.d.sync += [
             self.lookups.eq(self.lookups + o_fire),
             self.hits.eq(self.hits + (o_fire & o_hit)),
             self.lines_read.eq(self.lines_read + (self.m_axi_arvalid & self.m_axi_arready)),
-            self.replays.eq(self.replays + (s1_valid & do_replay)),
-            self.giveups.eq(self.giveups + (s1_valid & do_giveup)),
+            self.replays.eq(self.replays + replays),
+            self.giveups.eq(self.giveups + giveups),
+            self.cache_hits.eq(self.cache_hits + cache_hit_count),
         ]
         return m
+
+    def _cache(self, m, *, h_fire, hk, hptr, head, state, a_line, a_phase, a_sidx, a_sig, a_prim, a_sec, a_nrep,
+               a_mask, a_dirty, a_dirty_now, oldest, ptr_mem, fill):
+        """The bucket cache and its two lanes; returns ``(lanes, number of cache hits this cycle)``."""
+        nc, ns, bo, so = self._cache_lines, self._n_stash, self._buckets_off, self._stash_off
+        n = self._max_outstanding
+        cb = (n - 1).bit_length()
+        bb = (self._n_buckets - 1).bit_length()
+        ib = (nc - 1).bit_length()                  # index bits of a bucket in the cache
+        tb = bb - ib                                # tag bits (0: every bucket has its own line)
+        slots_bits = SLOTS_PER_BUCKET * 48
+        # cache line: valid, tag, the bucket's slots; one memory for the buckets (direct-mapped), one
+        # line per stash line in a second (tiny) one, so the big one keeps a power-of-two depth
+        cl = data.StructLayout({"valid": 1, "tag": max(tb, 1), "slots": data.ArrayLayout(BucketSlot,
+                                                                                            SLOTS_PER_BUCKET)})
+        assert data.Layout.cast(cl).size == 1 + max(tb, 1) + slots_bits
+        m.submodules.bucket_cache = cmem = Memory(shape=cl, depth=nc, init=[])
+        cw = cmem.write_port()
+        cr_p, cr_s = cmem.read_port(), cmem.read_port()
+        if ns:
+            # (at least 2 lines: a 1-line memory would have a 0-bit address)
+            m.submodules.stash_cache = smem = Memory(shape=cl, depth=max(ns, 2), init=[])
+            sw, sr = smem.write_port(), smem.read_port()
+
+        def btag(b):
+            return b[ib:bb] if tb else Const(0, 1)
+
+        def bidx(b):
+            return b[:ib] if ib else Const(0, 1)
+
+        # write ports: a wr report invalidates its line (and takes precedence); otherwise an R-path fill.
+        wr_line = self.wr.payload.line
+        wb, ws = Signal(_LINE_INDEX_BITS), Signal(_LINE_INDEX_BITS)
+        m.d.comb += [wb.eq(wr_line - bo), ws.eq(wr_line - so)]
+        inv_b, inv_s = Signal(), Signal()
+        m.d.comb += inv_b.eq(self.wr.valid & (wr_line >= bo) & (wr_line < bo + self._n_buckets))
+        if ns:
+            m.d.comb += inv_s.eq(self.wr.valid & (wr_line >= so) & (wr_line < so + ns))
+        f_beat, f_data, f_phase, f_prim, f_sec, f_sidx, f_dirty = fill
+        f_en, f_tag = Signal(), Signal(max(tb, 1))
+        f_idx = Signal(max(ib, 1))
+        # A beat of a lookup that saw no report on its lines since it (re)started (so none since
+        # this read was issued, nor in this cycle: any report blocks fills) while no host
+        # write is in flight: the data is the line's newest content (docstring).
+        m.d.comb += f_en.eq(f_beat & ~f_dirty & ~self.wr.valid & ~self.wr_pending)
+        with m.If(f_phase == _PRIMARY):
+            m.d.comb += [f_idx.eq(bidx(f_prim)), f_tag.eq(btag(f_prim))]
+        with m.Else():
+            m.d.comb += [f_idx.eq(bidx(f_sec)), f_tag.eq(btag(f_sec))]
+        fb = Bucket(f_data)
+        f_stash = f_phase == _STASH
+        # After reset the cache is cleared, one line per cycle (its memories are not reset); a probe
+        # read while clearing counts as a miss (``clr_q``), and the sweep has the write ports.
+        sdb = max(1, (max(ns, 2) - 1).bit_length())
+        kb = max(ib, sdb if ns else 0)
+        clr = Signal(kb + 1)
+        clearing = Signal()
+        m.d.comb += clearing.eq(~clr[kb])
+        clr_q = Signal(init=1)
+        m.d.sync += clr_q.eq(clearing)
+        with m.If(clearing):
+            m.d.sync += clr.eq(clr + 1)
+            m.d.comb += [cw.addr.eq(clr[:ib] if ib else 0), cw.en.eq(1), cw.data.valid.eq(0)]
+        with m.Elif(inv_b):
+            m.d.comb += [cw.addr.eq(bidx(wb)), cw.en.eq(1), cw.data.valid.eq(0)]
+        with m.Elif(f_en & ~f_stash):
+            m.d.comb += [cw.addr.eq(f_idx), cw.en.eq(1), cw.data.valid.eq(1), cw.data.tag.eq(f_tag),
+                         cw.data.slots.eq(fb.slots)]
+        if ns:
+            with m.If(clearing):
+                m.d.comb += [sw.addr.eq(clr[:sdb]), sw.en.eq(1), sw.data.valid.eq(0)]
+            with m.Elif(inv_s):
+                m.d.comb += [sw.addr.eq(ws[:4]), sw.en.eq(1), sw.data.valid.eq(0)]
+            with m.Elif(f_en & f_stash):
+                m.d.comb += [sw.addr.eq(f_sidx), sw.en.eq(1), sw.data.valid.eq(1), sw.data.tag.eq(0),
+                                 sw.data.slots.eq(fb.slots)]
+
+        # lane P: the primary bucket, read in the cycle the hash leaves the hasher
+        p_valid, p_ctx, p_sig = Signal(), Signal(cb), Signal(16)
+        p_prim, p_sec = Signal(bb), Signal(bb)
+        m.d.comb += cr_p.addr.eq(bidx(hk.primary))
+        m.d.sync += [p_valid.eq(h_fire), p_ctx.eq(hptr), p_sig.eq(hk.sig), p_prim.eq(hk.primary),
+                     p_sec.eq(hk.secondary)]
+        p_hit = Signal()
+        m.d.comb += p_hit.eq(p_valid & ~clr_q & cr_p.data.valid & (cr_p.data.tag == btag(p_prim)))
+        pd = self._decide(m, "cp", is_bucket=Const(1), slots=cr_p.data.slots, c_mask=Const(0, SLOTS_PER_BUCKET),
+                          saved_ptrs=None, ehit=None, sig=p_sig, phase=Const(_PRIMARY, 2), sidx=Const(0, 1),
+                          prim=p_prim, sec=p_sec, nrep=Const(0, 1), dirty_now=Const(0), next_bucket=_PROBE,
+                          primary_only=True)
+        # lane S: secondary, stash and replayed primary lines, oldest context first
+        probe = Signal(n)
+        m.d.comb += probe.eq(Cat(*[s == _PROBE for s in state]))
+        sg = oldest("probe", probe)
+        sg_valid = Signal()
+        m.d.comb += sg_valid.eq(probe.any())
+        g_line, g_stash = Signal(_LINE_INDEX_BITS), Signal()
+        m.d.comb += [g_line.eq(a_line[sg]), g_stash.eq(a_phase[sg] == _STASH)]
+        gb = Signal(_LINE_INDEX_BITS)
+        m.d.comb += gb.eq(g_line - bo)
+        m.d.comb += cr_s.addr.eq(bidx(gb))
+        if ns:
+            m.d.comb += sr.addr.eq((g_line - so)[:4])
+        s_valid, s_ctx, s_stash, s_tag = Signal(), Signal(cb), Signal(), Signal(max(tb, 1))
+        m.d.sync += [s_valid.eq(sg_valid), s_ctx.eq(sg), s_stash.eq(g_stash), s_tag.eq(btag(gb))]
+        s_data = Signal(cl)
+        m.d.comb += s_data.eq(Mux(s_stash, sr.data, cr_s.data) if ns else cr_s.data)
+        s_hit = Signal()
+        m.d.comb += s_hit.eq(s_valid & ~clr_q & s_data.valid & (s_stash | (s_data.tag == s_tag)))
+        sd = self._decide(m, "cs", is_bucket=Const(1), slots=s_data.slots, c_mask=Const(0, SLOTS_PER_BUCKET),
+                          saved_ptrs=None, ehit=None, sig=a_sig[s_ctx], phase=a_phase[s_ctx],
+                          sidx=a_sidx[s_ctx], prim=a_prim[s_ctx], sec=a_sec[s_ctx], nrep=a_nrep[s_ctx],
+                          dirty_now=a_dirty_now[s_ctx], next_bucket=_PROBE)
+        # the entry pointers of a cached bucket, for the entry beats of its later candidates
+        for lv, lctx, lhit, ld, ldata in ((p_valid, p_ctx, p_hit, pd, cr_p.data), (s_valid, s_ctx, s_hit, sd,
+                                                                                   s_data)):
+            pw = ptr_mem.write_port()
+            m.d.comb += [pw.addr.eq(lctx), pw.en.eq(lv & lhit & ld["cand"].any())]
+            for j in range(SLOTS_PER_BUCKET):
+                m.d.comb += pw.data[j].eq(ldata.slots[j].entry)
+        lanes = [(p_valid, p_ctx, p_hit, pd, None), (s_valid, s_ctx, s_hit, sd, (sg_valid, sg))]
+        return lanes, p_hit + s_hit

@@ -3,7 +3,11 @@
 The AxiRam holds an image built by the golden model (``FlowTable`` at ~90 %
 load with stashed keys); lookups of present and absent keys go in bursts with
 idle gaps, the AR and R channels and the result stream get random stalls, and
-every result is checked against ``FlowTable.lookup_entry``.  Run through
+every result is checked against ``FlowTable.lookup_entry``, and DRAM reads plus
+bucket-cache hits against the model's line count.  Host writes (the move test) are
+atomic in the AxiRam and reported once on ``wr`` in the cycle they land (``wr_pending``
+held low), which satisfies the engine's contract.  Built with and without the bucket
+cache (``CXLNIC_CACHE_LINES``).  Run through
 ``tests/test_cuckoo_rtl.py::test_cuckoo_verilator`` (``pytest -m sim``).
 """
 
@@ -27,6 +31,7 @@ from cxlnic.tb.common import clock_and_reset
 
 N_BUCKETS = int(os.environ.get("CXLNIC_N_BUCKETS", "256"))
 N_STASH = int(os.environ.get("CXLNIC_N_STASH", "1"))
+CACHE_LINES = int(os.environ.get("CXLNIC_CACHE_LINES", "0"))
 TAG_BITS = 16
 
 
@@ -128,7 +133,7 @@ class TB:
 
     async def reset(self):
         d = self.dut
-        await clock_and_reset(d, {"i__valid": 0, "o__ready": 0, "wr__valid": 0, "wr__payload": 0,
+        await clock_and_reset(d, {"i__valid": 0, "o__ready": 0, "wr__valid": 0, "wr__payload": 0, "wr_pending": 0,
                                   "hash_key": int.from_bytes(self.cfg.hash_key, "little")})
         await RisingEdge(d.clk)
 
@@ -224,6 +229,8 @@ async def lookups_match_model(dut, stall):
     tb.set_stalls(stall)
     assert tb.table.n_stashed > 0
     keys = [tb.rng.choice(tb.present) if tb.rng.random() < 0.7 else random_key(tb.rng) for _ in range(2000)]
+    lines0 = dut.lines_read.value.to_unsigned() + dut.cache_hits.value.to_unsigned()
+    reads0 = tb.table.stats.lookup_reads
     got = await tb.run(keys, o_stall=stall)
     expect = tb.expected(keys)
     mismatches = [(n, g, e) for n, (g, e) in enumerate(zip(got, expect, strict=True)) if g != e]
@@ -233,9 +240,12 @@ async def lookups_match_model(dut, stall):
     await RisingEdge(dut.clk)       # the counters count the last result at this edge
     await ReadOnly()
     lines = dut.lines_read.value.to_unsigned()
-    dut._log.info("%d lookups, %d hits, %d lines read, %d replays", len(keys), hits, lines,
-                  dut.replays.value.to_unsigned())
+    cached = dut.cache_hits.value.to_unsigned()
+    dut._log.info("%d lookups, %d hits, %d DRAM lines read, %d bucket-cache hits, %d replays (cache lines %d)",
+                  len(keys), hits, lines, cached, dut.replays.value.to_unsigned(), CACHE_LINES)
     assert not mismatches, f"{len(mismatches)} mismatches of {len(keys)}"
+    assert lines + cached - lines0 == tb.table.stats.lookup_reads - reads0
+    assert (cached > 0) == (CACHE_LINES > 0)
     assert dut.lookups.value.to_unsigned() == len(keys)
     assert dut.hits.value.to_unsigned() == hits
 
@@ -272,3 +282,4 @@ async def no_false_miss_during_moves(dut):
                   tb.table.stats.inserts + tb.table.stats.deletes - ops0, dut.replays.value.to_unsigned(),
                   dut.giveups.value.to_unsigned())
     assert not bad, f"{len(bad)} false misses or wrong entries of {len(keys)}"
+    assert (dut.cache_hits.value.to_unsigned() > 0) == (CACHE_LINES > 0)
