@@ -97,7 +97,7 @@ class Datapath(wiring.Component):
 
     @checked_init
     def __init__(self, cfg: NicConfig | None = None, *, lookups: int = 128, frame_fifo: int = 512,
-                 counters: int | None = None):
+                 counters: int | None = None, counter_cache: int | None = None):
         cfg = NicConfig() if cfg is None else cfg
         if not isinstance(cfg, NicConfig):
             raise TypeError(f"cfg = {cfg!r}: must be a NicConfig")
@@ -120,7 +120,13 @@ class Datapath(wiring.Component):
         self.cuckoo = CuckooEngine(n_buckets=cfg.n_buckets, buckets_off=r["buckets"][0], stash_off=r["stash"][0],
                                    n_stash=cfg.n_stash, flows_off=r["flows"][0], max_outstanding=lookups,
                                    axi_id_bits=ctx_bits, tag_bits=1)
-        self.counter_block = CounterBlock(n_counters=self._n_counters, counters_off=r["counters"][0])
+        # Default: a delta line on chip for every counter line, so a counter update never waits
+        # for a DRAM read-modify-write (with flows chosen at random, a smaller cache evicts on
+        # nearly every update and its RMWs, not the lookups, bound the packet rate).
+        lines = self._n_counters // 4
+        counter_cache = 1 << (lines - 1).bit_length() if counter_cache is None else counter_cache
+        self.counter_block = CounterBlock(n_counters=self._n_counters, counters_off=r["counters"][0],
+                                          cache_lines=max(2, counter_cache))
         self.rewriters = [HeaderRewriter(min_frame=cfg.min_frame, max_frame=cfg.max_frame) for _ in range(2)]
         self._frame_fifo = frame_fifo
         self._lookups = lookups
