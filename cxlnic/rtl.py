@@ -22,6 +22,7 @@ def blocks(cfg: NicConfig | None = None) -> dict:
     from cxlnic.hdl.counters import CounterBlock
     from cxlnic.hdl.cuckoo import CuckooEngine
     from cxlnic.hdl.cxl_cache import CxlCacheAgent
+    from cxlnic.hdl.cxl_mem import CxlMemSubordinate
     from cxlnic.hdl.datapath import Datapath
     from cxlnic.hdl.hash import FlowHasher
     from cxlnic.hdl.parser import PacketParser
@@ -41,6 +42,8 @@ def blocks(cfg: NicConfig | None = None) -> dict:
         "rewrite": lambda: HeaderRewriter(min_frame=cfg.min_frame, max_frame=cfg.max_frame),
         # the Type 1 device cache between the datapath's DRAM port and CXL.cache (default size)
         "cxl_cache": lambda: CxlCacheAgent(),
+        # the Type 2 CXL.mem subordinate (HDM decoder, snoop filter) in front of the datapath's mw/mr ports
+        "cxl_mem": lambda: CxlMemSubordinate(),
         # the whole counter region of the configuration, behind the default-size delta cache
         "counters": lambda: CounterBlock(n_counters=(cfg.counters + 3) // 4 * 4, counters_off=r["counters"][0]),
     }
