@@ -382,7 +382,6 @@ class SlowPath:
     def _host(self, key, frame, hit, upcall: str, now: int) -> Decision:
         """The host's handling of an upcall: conntrack, full classification, installs."""
         f = key.flow
-        st = self.stats
         installed = 0
         orig_idx, reply = None, False
         if hit is not None:
