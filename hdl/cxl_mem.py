@@ -154,8 +154,8 @@ class S2MBISnp(data.Struct):
 
 # ---------------------------------------------------------------------------------------- backend layouts
 
-#: A whole-line write to the backend (device line index): the same layout as ``hdl/datapath.py``'s
-#: ``MemWrite`` (a test checks they agree), so ``mw`` connects to the Datapath directly.
+#: A whole-line write to the backend (device line index).  ``hdl/datapath.py`` uses these three
+#: layouts for its ``mw``/``mr``/``mr_data`` ports, so the subordinate connects to it directly.
 MemWrite = data.StructLayout({"addr": 32, "data": LINE_BITS})
 MemRead = data.StructLayout({"addr": 32})
 MemReadData = data.StructLayout({"data": LINE_BITS})

@@ -16,6 +16,7 @@ from cxlnic.hdl.axi import LINE_SHIFT, AxiWires, axi4_master_ports, read_mux, wr
 from cxlnic.hdl.cam import CamResult, TernaryCam
 from cxlnic.hdl.counters import CounterBlock
 from cxlnic.hdl.cuckoo import CuckooEngine
+from cxlnic.hdl.cxl_mem import MemRead, MemReadData, MemWrite  # the backend ports the CXL.mem agent drives
 from cxlnic.hdl.layouts import LINE_BITS, LINE_BYTES, ActionEntry, ConnState, Counter, TcpFlags
 from cxlnic.hdl.parser import BEAT_BYTES, Beat, PacketParser
 from cxlnic.hdl.rewrite import HeaderRewriter
@@ -50,8 +51,6 @@ Reinject = data.StructLayout({"beat": Beat, "action": 20, "counter": 24, "count"
 OutBeat = data.StructLayout({"beat": Beat, "out_port": 8})
 UpcallBeat = data.StructLayout({"beat": Beat, "reason": UpcallReason})
 DropInfo = data.StructLayout({"reason": DropReason, "in_port": 8})
-#: A host write of one whole table line (``addr`` is the line index).
-MemWrite = data.StructLayout({"addr": 32, "data": LINE_BITS})
 
 #: 32-bit running statistics, in the order of the ``stats`` port.
 STATS = ("rx_frames", "reinjected", "flow", "cam", "executed", "upcalls", "out_frames", "upcall_frames",
@@ -141,8 +140,8 @@ class Datapath(wiring.Component):
             "mw": In(stream.Signature(MemWrite)),
             "mw_done": Out(1),
             "mw_done_addr": Out(32),
-            "mr": In(stream.Signature(data.StructLayout({"addr": 32}))),
-            "mr_data": Out(stream.Signature(data.StructLayout({"data": LINE_BITS}))),
+            "mr": In(stream.Signature(MemRead)),
+            "mr_data": Out(stream.Signature(MemReadData)),
             "crd": In(stream.Signature(len(self.counter_block.rd.payload))),
             "crd_data": Out(stream.Signature(Counter)),
             "flush": In(1),
