@@ -95,13 +95,15 @@ class CuckooEngine(wiring.Component):
     4097 × 386 bits ≈ 1.58 Mbit (about 44 RAMB36).  The memory has two read
     ports and one write port (an FPGA build duplicates it, or maps it onto
     true-dual-port BRAM with the second lookup port sharing the write port).
-    Lookups read it in two lanes that run in parallel with the R path, each
+    Lookups read it in three lanes that run in parallel with the R path, each
     deciding one line per cycle exactly as for an R beat: lane P reads the
     primary bucket in the cycle the hash leaves the hasher; lane S serves the
-    secondary bucket, the stash lines and replayed primaries (contexts in
-    state PROBE, oldest first).  A cache miss turns into the DRAM read.  So a
-    hit normally costs one DRAM line (its entry line) and the throughput
-    bound is min(1, 1 / DRAM lines per lookup) (one result per cycle).
+    secondary bucket and replayed primaries, lane T the stash lines (its own
+    small memory), each taking the oldest context in state PROBE waiting for
+    it.  So a miss whose lines are all cached is decided at one per cycle with
+    one stash line (1/``n_stash`` per cycle with more).  A cache miss turns
+    into the DRAM read.  So a hit normally costs one DRAM line (its entry
+    line) and the throughput bound is min(1, 1 / DRAM lines per lookup) (one result per cycle).
     Fills: every R beat of a bucket/stash line is written into the cache
     unless (1) its lookup saw a ``wr`` report on its primary, secondary or a
     stash line since it (re)started (its ``dirty`` bit, which covers the time
@@ -501,11 +503,12 @@ class CuckooEngine(wiring.Component):
         for j in range(SLOTS_PER_BUCKET):
             m.d.comb += ptr_w.data[j].eq(bucket.slots[j].entry)
 
-        # -- bucket cache: two probe lanes (primary at hash time, then secondary/stash) ------
+        # -- bucket cache: three probe lanes (primary at hash time; secondary; stash) --------
         lanes = []                  # (valid, ctx, hit, decision, probe grant) of each cache lane
         cache_hit_count = Const(0, 2)
         if cache:
             lanes, cache_hit_count = self._cache(m, h_fire=h_fire, hk=hk, hptr=hptr, head=head, state=state,
+                                                 phases=phase,
                                                  a_line=a_line, a_phase=a_phase, a_sidx=a_sidx, a_sig=a_sig,
                                                  a_prim=a_prim, a_sec=a_sec, a_nrep=a_nrep, a_mask=a_mask,
                                                  a_dirty=a_dirty, a_dirty_now=a_dirty_now, oldest=oldest,
@@ -590,7 +593,7 @@ class CuckooEngine(wiring.Component):
         ]
         return m
 
-    def _cache(self, m, *, h_fire, hk, hptr, head, state, a_line, a_phase, a_sidx, a_sig, a_prim, a_sec, a_nrep,
+    def _cache(self, m, *, h_fire, hk, hptr, head, state, phases, a_line, a_phase, a_sidx, a_sig, a_prim, a_sec, a_nrep,
                a_mask, a_dirty, a_dirty_now, oldest, ptr_mem, fill):
         """The bucket cache and its two lanes; returns ``(lanes, number of cache hits this cycle)``."""
         nc, ns, bo, so = self._cache_lines, self._n_stash, self._buckets_off, self._stash_off
@@ -678,35 +681,50 @@ class CuckooEngine(wiring.Component):
                           saved_ptrs=None, ehit=None, sig=p_sig, phase=Const(_PRIMARY, 2), sidx=Const(0, 1),
                           prim=p_prim, sec=p_sec, nrep=Const(0, 1), dirty_now=Const(0), next_bucket=_PROBE,
                           primary_only=True)
-        # lane S: secondary, stash and replayed primary lines, oldest context first
-        probe = Signal(n)
-        m.d.comb += probe.eq(Cat(*[s == _PROBE for s in state]))
-        sg = oldest("probe", probe)
-        sg_valid = Signal()
-        m.d.comb += sg_valid.eq(probe.any())
-        g_line, g_stash = Signal(_LINE_INDEX_BITS), Signal()
-        m.d.comb += [g_line.eq(a_line[sg]), g_stash.eq(a_phase[sg] == _STASH)]
-        gb = Signal(_LINE_INDEX_BITS)
-        m.d.comb += gb.eq(g_line - bo)
-        m.d.comb += cr_s.addr.eq(bidx(gb))
-        if ns:
-            m.d.comb += sr.addr.eq((g_line - so)[:4])
-        s_valid, s_ctx, s_stash, s_tag = Signal(), Signal(cb), Signal(), Signal(max(tb, 1))
-        m.d.sync += [s_valid.eq(sg_valid), s_ctx.eq(sg), s_stash.eq(g_stash), s_tag.eq(btag(gb))]
-        s_data = Signal(cl)
-        m.d.comb += s_data.eq(Mux(s_stash, sr.data, cr_s.data) if ns else cr_s.data)
-        s_hit = Signal()
-        m.d.comb += s_hit.eq(s_valid & ~clr_q & s_data.valid & (s_stash | (s_data.tag == s_tag)))
-        sd = self._decide(m, "cs", is_bucket=Const(1), slots=s_data.slots, c_mask=Const(0, SLOTS_PER_BUCKET),
-                          saved_ptrs=None, ehit=None, sig=a_sig[s_ctx], phase=a_phase[s_ctx],
-                          sidx=a_sidx[s_ctx], prim=a_prim[s_ctx], sec=a_sec[s_ctx], nrep=a_nrep[s_ctx],
-                          dirty_now=a_dirty_now[s_ctx], next_bucket=_PROBE)
+        # lane S: secondary and replayed primary lines; lane T: stash lines (its own memory and
+        # read port, so a miss's secondary and stash probes overlap with other lookups' and the
+        # lanes together decide one miss per cycle); each serves the oldest waiting context
+        probe = Cat(*[s == _PROBE for s in state])
+        is_st = Cat(*[p == _STASH for p in phases])
+        probe_s, probe_t = Signal(n), Signal(n)
+        m.d.comb += [probe_s.eq(probe & ~is_st), probe_t.eq(probe & is_st)]
+
+        def lane(name, req, lmem_port, stash):
+            g = oldest(f"{name}probe", req)
+            g_valid = Signal(name=f"{name}g_valid")
+            m.d.comb += g_valid.eq(req.any())
+            g_line = Signal(_LINE_INDEX_BITS, name=f"{name}g_line")
+            m.d.comb += g_line.eq(a_line[g])
+            gb = Signal(_LINE_INDEX_BITS, name=f"{name}gb")
+            if stash:
+                m.d.comb += [gb.eq(g_line - so), lmem_port.addr.eq(gb[:4])]
+            else:
+                m.d.comb += [gb.eq(g_line - bo), lmem_port.addr.eq(bidx(gb))]
+            l_valid, l_ctx = Signal(name=f"{name}_valid"), Signal(cb, name=f"{name}_ctx")
+            l_tag = Signal(max(tb, 1), name=f"{name}_tag")
+            m.d.sync += [l_valid.eq(g_valid), l_ctx.eq(g), l_tag.eq(btag(gb))]
+            l_data = lmem_port.data
+            l_hit = Signal(name=f"{name}_hit")
+            m.d.comb += l_hit.eq(l_valid & ~clr_q & l_data.valid & (Const(1) if stash else l_data.tag == l_tag))
+            ld = self._decide(m, f"c{name}", is_bucket=Const(1), slots=l_data.slots,
+                              c_mask=Const(0, SLOTS_PER_BUCKET), saved_ptrs=None, ehit=None, sig=a_sig[l_ctx],
+                              phase=a_phase[l_ctx], sidx=a_sidx[l_ctx], prim=a_prim[l_ctx], sec=a_sec[l_ctx],
+                              nrep=a_nrep[l_ctx], dirty_now=a_dirty_now[l_ctx], next_bucket=_PROBE)
+            return (l_valid, l_ctx, l_hit, ld, (g_valid, g)), l_data
+
+        lanes = [(p_valid, p_ctx, p_hit, pd, None)]
+        datas = [cr_p.data]
+        for name, req, port, stash in (("s", probe_s, cr_s, False),) + ((("t", probe_t, sr, True),) if ns else ()):
+            ln, ldata = lane(name, req, port, stash)
+            lanes.append(ln)
+            datas.append(ldata)
         # the entry pointers of a cached bucket, for the entry beats of its later candidates
-        for lv, lctx, lhit, ld, ldata in ((p_valid, p_ctx, p_hit, pd, cr_p.data), (s_valid, s_ctx, s_hit, sd,
-                                                                                   s_data)):
+        for (lv, lctx, lhit, ld, _g), ldata in zip(lanes, datas, strict=True):
             pw = ptr_mem.write_port()
             m.d.comb += [pw.addr.eq(lctx), pw.en.eq(lv & lhit & ld["cand"].any())]
             for j in range(SLOTS_PER_BUCKET):
                 m.d.comb += pw.data[j].eq(ldata.slots[j].entry)
-        lanes = [(p_valid, p_ctx, p_hit, pd, None), (s_valid, s_ctx, s_hit, sd, (sg_valid, sg))]
-        return lanes, p_hit + s_hit
+        hits = Const(0, 2)
+        for ln in lanes:
+            hits = hits + ln[2]
+        return lanes, hits
