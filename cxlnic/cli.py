@@ -196,7 +196,7 @@ def cmd_verilog(args) -> int:
     unknown = [b for b in args.block if b not in names]
     if unknown:
         raise CliError(f"unknown block {unknown[0]!r}; choose from: {', '.join(names)}")
-    print("writing the datapath top and each of its blocks at the default configuration")
+    print("writing the SmartNIC and datapath tops and each of their blocks at the default configuration")
     paths = generate(Path(args.out), only=args.block or None)
     if args.lint:
         failed = lint(paths)

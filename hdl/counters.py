@@ -150,13 +150,26 @@ class CounterBlock(wiring.Component):
     update stream idle, DRAM alone then holds the exact values.  A clean line
     is never written.
 
+    Write-back grants (``wb_grant=True``, for a coherent device memory)
+    -------------------------------------------------------------------
+    Ports ``wb_req`` (out) and ``wb_ok`` (in) carry absolute line indices
+    (``counters_off`` + line).  Before the eviction engine starts the RMW of
+    the entry at the head of the eviction FIFO, it asks for that line on
+    ``wb_req`` (one request at a time) and waits for ``wb_ok``; the grant is
+    used by that entry's RMW (the head only changes when it is popped).
+    :class:`~cxlnic.hdl.cxl_mem.CxlMemSubordinate`'s ``dev_wr``/``dev_wr_ok``
+    attach here: the grant comes after the host was back-invalidated, so no
+    host cache holds a counter line the device is about to write.  Host reads
+    of counter lines never need a grant (they are assembled from the exact
+    values, above).
+
     Reset invalidates every cache line (the deltas of dirty lines are lost,
     as are RMWs in progress; DRAM keeps what it had).
     """
 
     @checked_init
     def __init__(self, *, n_counters: int = 1024, counters_off: int = 0, cache_lines: int = 512,
-                 evict_depth: int = 8, max_evictions: int = 4, axi_id_bits: int = 3):
+                 evict_depth: int = 8, max_evictions: int = 4, axi_id_bits: int = 3, wb_grant: bool = False):
         if not isinstance(n_counters, int) or isinstance(n_counters, bool):
             raise TypeError(f"n_counters = {n_counters!r}: must be an int")
         if n_counters < _SLOTS or n_counters % _SLOTS:
@@ -179,6 +192,9 @@ class CounterBlock(wiring.Component):
         self._evict_depth = evict_depth
         self._max_evictions = max_evictions
         self._id_bits = axi_id_bits
+        if not isinstance(wb_grant, bool):
+            raise TypeError(f"wb_grant = {wb_grant!r}: must be a bool")
+        self._wb_grant = wb_grant
         self._idx_bits = max(1, (n_counters - 1).bit_length())
         idb = axi_id_bits
         super().__init__({
@@ -203,6 +219,9 @@ class CounterBlock(wiring.Component):
             "m_axi_arid": Out(idb), "m_axi_arlen": Out(8), "m_axi_arsize": Out(3), "m_axi_arburst": Out(2),
             "m_axi_rvalid": In(1), "m_axi_rready": Out(1), "m_axi_rdata": In(LINE_BITS),
             "m_axi_rid": In(idb), "m_axi_rlast": In(1), "m_axi_rresp": In(2),
+            # write-back grants (wb_grant): the absolute line index of the next write-back, and its grant
+            **({"wb_req": Out(stream.Signature(_LINE_INDEX_BITS)), "wb_ok": In(stream.Signature(_LINE_INDEX_BITS))}
+               if wb_grant else {}),
         })
 
     @property
@@ -232,6 +251,10 @@ class CounterBlock(wiring.Component):
     @property
     def axi_id_bits(self) -> int:
         return self._id_bits
+
+    @property
+    def wb_grant(self) -> bool:
+        return self._wb_grant
 
     def elaborate(self, platform):
         m = Module()
@@ -424,12 +447,32 @@ class CounterBlock(wiring.Component):
         host_ar = Signal()
         rd_block = Signal()
         pop = Signal()
+        granted = Signal()
         m.d.comb += [
             host_ar.eq((rd_phase == _RD_WAIT) & (rd_cnt == 0) & ~rd_line_busy & ar_free),
             rd_block.eq((rd_phase != _RD_IDLE) & (rd_cnt == 0) & (head_line == rd_line)),
-            pop.eq(evq.r_rdy & free_any & ~haz & ~rd_block & ar_free & ~host_ar),
+            pop.eq(evq.r_rdy & granted & free_any & ~haz & ~rd_block & ar_free & ~host_ar),
             evq.r_en.eq(pop),
         ]
+        if self._wb_grant:
+            # The head entry's line is granted (wb_req -> wb_ok) before its RMW starts; one request
+            # at a time, each grant used by exactly the entry it was asked for (the FIFO head only
+            # changes on a pop, which consumes the grant).
+            g_have, g_sent = Signal(), Signal()
+            m.d.comb += [
+                granted.eq(g_have),
+                self.wb_req.valid.eq(evq.r_rdy & ~g_have & ~g_sent),
+                self.wb_req.payload.eq(head_line + off),
+                self.wb_ok.ready.eq(1),
+            ]
+            with m.If(self.wb_req.valid & self.wb_req.ready):
+                m.d.sync += g_sent.eq(1)
+            with m.If(self.wb_ok.valid):
+                m.d.sync += [g_have.eq(1), g_sent.eq(0)]
+            with m.If(pop):
+                m.d.sync += g_have.eq(0)
+        else:
+            m.d.comb += granted.eq(1)
         with m.If(self.m_axi_arvalid & self.m_axi_arready):
             m.d.sync += ar_v.eq(0)
         with m.If(host_ar):

@@ -16,7 +16,7 @@ from cxlnic.hdl.axi import LINE_SHIFT, AxiWires, axi4_master_ports, read_mux, wr
 from cxlnic.hdl.cam import CamResult, TernaryCam
 from cxlnic.hdl.counters import CounterBlock
 from cxlnic.hdl.cuckoo import CuckooEngine
-from cxlnic.hdl.cxl_mem import MemRead, MemReadData, MemWrite  # the backend ports the CXL.mem agent drives
+from cxlnic.hdl.cxl_mem import DevWrite, MemRead, MemReadData, MemWrite  # the ports the CXL.mem agent drives
 from cxlnic.hdl.layouts import LINE_BITS, LINE_BYTES, ActionEntry, ConnState, Counter, TcpFlags
 from cxlnic.hdl.parser import BEAT_BYTES, Beat, PacketParser
 from cxlnic.hdl.rewrite import HeaderRewriter
@@ -92,11 +92,15 @@ class Datapath(wiring.Component):
     * ``flush`` / ``flush_done``: write every counter back to DRAM.
     * ``m_axi_*``: the DRAM port (AXI4, one line per beat).
     * ``stats``: 32-bit running counters (:data:`STATS`).
+    * ``wb_req`` / ``wb_ok`` (only with ``wb_grant=True``): before the counter
+      block writes a counter line back to DRAM it asks for the line on
+      ``wb_req`` and waits for ``wb_ok`` (CXL.mem's ``dev_wr`` / ``dev_wr_ok``:
+      the host's cached copies are back-invalidated first).
     """
 
     @checked_init
     def __init__(self, cfg: NicConfig | None = None, *, lookups: int = 128, frame_fifo: int = 512,
-                 counters: int | None = None, counter_cache: int | None = None):
+                 counters: int | None = None, counter_cache: int | None = None, wb_grant: bool = False):
         cfg = NicConfig() if cfg is None else cfg
         if not isinstance(cfg, NicConfig):
             raise TypeError(f"cfg = {cfg!r}: must be a NicConfig")
@@ -125,7 +129,7 @@ class Datapath(wiring.Component):
         lines = self._n_counters // 4
         counter_cache = 1 << (lines - 1).bit_length() if counter_cache is None else counter_cache
         self.counter_block = CounterBlock(n_counters=self._n_counters, counters_off=r["counters"][0],
-                                          cache_lines=max(2, counter_cache))
+                                          cache_lines=max(2, counter_cache), wb_grant=wb_grant)
         self.rewriters = [HeaderRewriter(min_frame=cfg.min_frame, max_frame=cfg.max_frame) for _ in range(2)]
         self._frame_fifo = frame_fifo
         self._lookups = lookups
@@ -148,6 +152,9 @@ class Datapath(wiring.Component):
             "flush_done": Out(1),
             "stats": Out(StatsLayout),
             **axi4_master_ports(self._id_bits),
+            # the counter block's write-back grants (wb_grant): CXL.mem's dev_wr / dev_wr_ok
+            **({"wb_req": Out(stream.Signature(DevWrite)), "wb_ok": In(stream.Signature(DevWrite))}
+               if wb_grant else {}),
         })
 
     @property
@@ -191,10 +198,14 @@ class Datapath(wiring.Component):
         ob_data = Signal(LINE_BITS)
         inflight = SyncFIFOBuffered(width=33, depth=32)        # {addr, bucket?} of writes awaiting B
         m.submodules.mw_inflight = inflight
-        pending = Signal(range(33))
+        pending = Signal(range(33))        # bucket/stash writes whose second (B) report is still owed
         b_fire = hw.m_axi_bvalid & hw.m_axi_bready
         b_bkt = Signal()
         m.d.comb += b_bkt.eq(b_fire & inflight.r_data[32])
+        # B reports owed to the cuckoo engine: an accept-time report has the ``wr`` port first, a B report
+        # may wait (``wr_pending`` stays high until it is made, which is all the engine's contract asks)
+        bq = SyncFIFOBuffered(width=32, depth=32)
+        m.submodules.mw_breports = bq
 
         def in_region(addr, name, n=None):
             first, size = r[name]
@@ -205,7 +216,8 @@ class Datapath(wiring.Component):
         ob_free = ~ob_valid | ((ob_aw | (hw.m_axi_awvalid & hw.m_axi_awready))
                                & (ob_w | (hw.m_axi_wvalid & hw.m_axi_wready)))
         # a bucket write reports on ``wr`` when accepted; the B report of another has priority
-        m.d.comb += self.mw.ready.eq(ob_free & inflight.w_rdy & ~(is_bkt & b_bkt))
+        # (``pending`` bounds the owed B reports, so ``bq`` never overflows)
+        m.d.comb += self.mw.ready.eq(ob_free & inflight.w_rdy & (pending < 30))
         mw_fire = self.mw.valid & self.mw.ready
         m.d.comb += [
             hw.m_axi_awvalid.eq(ob_valid & ~ob_aw), hw.m_axi_awaddr.eq(ob_addr << LINE_SHIFT),
@@ -227,11 +239,15 @@ class Datapath(wiring.Component):
         with m.If(mw_fire):
             m.d.sync += [ob_valid.eq(1), ob_aw.eq(0), ob_w.eq(0), ob_addr.eq(mw.addr), ob_data.eq(mw.data),
                          ob_bkt.eq(is_bkt)]
-        m.d.sync += pending.eq(pending + (mw_fire & is_bkt) - b_bkt)
+        issue_rep = Signal()
+        m.d.comb += [issue_rep.eq(mw_fire & is_bkt),
+                     bq.w_en.eq(b_bkt), bq.w_data.eq(inflight.r_data[:32]),
+                     bq.r_en.eq(~issue_rep)]
+        m.d.sync += pending.eq(pending + issue_rep - (bq.r_en & bq.r_rdy))
         bump("host_writes", mw_fire)
-        # the cuckoo engine hears of bucket/stash writes when accepted and again when complete
-        m.d.comb += [ck.wr.valid.eq((mw_fire & is_bkt) | b_bkt),
-                     ck.wr.payload.line.eq(Mux(b_bkt, inflight.r_data[:32], mw.addr))]
+        # the cuckoo engine hears of bucket/stash writes when accepted and again after their B response
+        m.d.comb += [ck.wr.valid.eq(issue_rep | bq.r_rdy),
+                     ck.wr.payload.line.eq(Mux(issue_rep, mw.addr, bq.r_data))]
         if hasattr(ck, "wr_pending"):
             m.d.comb += ck.wr_pending.eq(pending != 0)
         # mirrors: the CAM (first cam_entries rule lines), the action table, the hash key
@@ -517,14 +533,16 @@ class Datapath(wiring.Component):
         hr_addr = Signal(32)
         writes_idle = Signal()
         m.d.comb += writes_idle.eq(~inflight.r_rdy & ~ob_valid & ~(self.mw.valid & self.mw.ready))
-        take_dram = self.mr.valid & ~is_cnt & writes_idle & kinds.w_rdy & ~hr_ar_valid & (dram_credits != 0)
+        hr_ar_fire = hr.m_axi_arvalid & hr.m_axi_arready
+        take_dram = (self.mr.valid & ~is_cnt & writes_idle & kinds.w_rdy & (~hr_ar_valid | hr_ar_fire)
+                     & (dram_credits != 0))
         take_cnt = self.mr.valid & is_cnt & writes_idle & kinds.w_rdy & ~cl_busy
         m.d.comb += [self.mr.ready.eq(take_dram | take_cnt), kinds.w_en.eq(take_dram | take_cnt),
                      kinds.w_data.eq(is_cnt)]
         r_fire = hr.m_axi_rvalid & hr.m_axi_rready
         with m.If(take_dram):
             m.d.sync += [hr_ar_valid.eq(1), hr_addr.eq(mra - 0)]
-        with m.If(hr.m_axi_arvalid & hr.m_axi_arready):
+        with m.Elif(hr_ar_fire):
             m.d.sync += hr_ar_valid.eq(0)
         m.d.sync += dram_credits.eq(dram_credits - take_dram + (dram_q.r_en & dram_q.r_rdy))
         m.d.comb += [
@@ -571,6 +589,13 @@ class Datapath(wiring.Component):
 
         # ---------------------------------------------------------------- counters, DRAM
         m.d.comb += [cb.flush.eq(self.flush), self.flush_done.eq(cb.flush_done)]
+        if cb.wb_grant:
+            m.d.comb += [
+                self.wb_req.valid.eq(cb.wb_req.valid), self.wb_req.payload.addr.eq(cb.wb_req.payload),
+                cb.wb_req.ready.eq(self.wb_req.ready),
+                cb.wb_ok.valid.eq(self.wb_ok.valid), cb.wb_ok.payload.eq(self.wb_ok.payload.addr),
+                self.wb_ok.ready.eq(cb.wb_ok.ready),
+            ]
         read_mux(m, [ck, cb, hr], self, self._id_bits)
         write_mux(m, [hw, cb], self, self._id_bits)
         return m

@@ -575,6 +575,11 @@ class CxlMemHost:
         return not (self.pending or self.inbox or self.req_ch.q or self.rwd_ch.q or self.birsp_ch.q
                     or self.conflicts)
 
+    def progress(self) -> tuple:
+        """Changes whenever a message moves (for a testbench's stuck detection)."""
+        return (sum(len(v) for v in self.received.values()), len(self.req_ch.q), len(self.rwd_ch.q),
+                len(self.birsp_ch.q), len(self.inbox))
+
 
 # ------------------------------------------------------------------------------------------------ backend
 

@@ -28,6 +28,7 @@ from cxlnic.hdl.parser import BEAT_BYTES, Beat
 from cxlnic.model.actions import Verdict
 from cxlnic.model.slowpath import Path, SlowPath, Upcall
 from cxlnic.tb.common import clock_and_reset, frame_beats
+from cxlnic.tb.cxl_mem_host import CocotbIO
 
 __all__ = ["Expect", "DatapathTB", "expect_rx", "expect_reinject", "UPCALL_REASONS"]
 
@@ -91,8 +92,9 @@ class FixedLatencyDram:
     ``latency`` cycles later.  Driven from :meth:`DatapathTB.run`'s cycle loop (no coroutine of its
     own), so it costs nothing when idle.  ``mem`` is a bytearray image."""
 
-    def __init__(self, dut, mem: bytearray, latency: int):
+    def __init__(self, dut, mem: bytearray, latency: int, b_latency: int | None = None):
         self.dut, self.mem, self.latency = dut, mem, latency
+        self.b_latency = latency if b_latency is None else b_latency
         self.reads: deque = deque()        # (due cycle, id, line)
         self.writes: deque = deque()       # (due cycle, id)
         self.aw: deque = deque()           # ids whose AW came before their W
@@ -139,7 +141,7 @@ class FixedLatencyDram:
             for k in range(LINE_BYTES):
                 if strb >> k & 1:
                     self.mem[line * LINE_BYTES + k] = data_[k]
-            self.writes.append((cycle + self.latency, wid))
+            self.writes.append((cycle + self.b_latency, wid))
 
 
 class DatapathTB:
@@ -147,8 +149,13 @@ class DatapathTB:
 
     def __init__(self, dut, cfg: NicConfig, seed: int, *, dram_stall: float = 0.0, out_stall: float = 0.0,
                  in_gap: tuple[int, int] = (0, 8), burst: int = 32, fixed_latency: int | None = None,
-                 image: bytearray | None = None):
+                 image: bytearray | None = None, b_latency: int | None = None, host_ports: bool = True):
         self.dut = dut
+        # host_ports: the DUT has the Datapath's mw/mr/crd ports (False: a top whose host side is CXL,
+        # driven by cycle agents added to ``agents``)
+        self.host_ports = host_ports
+        self.agents: list = []            # drive(io, cycle), sample(io, cycle), idle(), progress()
+        self.io = CocotbIO(dut)
         self.cfg = cfg
         self.rng = random.Random(seed)
         self.out_stall = out_stall
@@ -160,7 +167,7 @@ class DatapathTB:
             mem = bytearray(size)
             if image is not None:
                 mem[:len(image)] = image
-            self.fixed = FixedLatencyDram(dut, mem, fixed_latency)
+            self.fixed = FixedLatencyDram(dut, mem, fixed_latency, b_latency)
             self.ram = None
         else:
             self._axiram(dut, size, dram_stall)
@@ -176,6 +183,7 @@ class DatapathTB:
         self.drops: list = []             # (reason, in_port)
         self.counters: list = []          # (packets, bytes)
         self.mw_done: list = []           # line indices, in completion order
+        self.visible: list = []           # (cycle, line) of each of those pulses
         self.cycles = 0
         self.mw_prob = 1.0                # chance per cycle that a queued write is presented
         self.rx_last: list = []           # cycle of each received frame's last beat
@@ -192,11 +200,12 @@ class DatapathTB:
                        self.ram.write_if.w_channel, self.ram.write_if.b_channel):
                 ch.set_pause_generator(rng.random() < stall for _ in itertools.count())
 
-    async def reset(self):
-        await clock_and_reset(self.dut, {
-            "i__valid": 0, "reinject__valid": 0, "mw__valid": 0, "crd__valid": 0, "mr__valid": 0,
-            "mr_data__ready": 0, "o__ready": 0,
-            "upcall__ready": 0, "drop__ready": 0, "crd_data__ready": 0, "flush": 0})
+    async def reset(self, extra: dict | None = None):
+        init = {"i__valid": 0, "reinject__valid": 0, "o__ready": 0, "upcall__ready": 0, "drop__ready": 0, "flush": 0}
+        if self.host_ports:
+            init.update({"mw__valid": 0, "crd__valid": 0, "mr__valid": 0, "mr_data__ready": 0,
+                         "crd_data__ready": 0})
+        await clock_and_reset(self.dut, {**init, **(extra or {})})
         await RisingEdge(self.dut.clk)
 
     # -- queueing ------------------------------------------------------------------
@@ -229,9 +238,10 @@ class DatapathTB:
             return f
         return None
 
-    async def run(self, *, until=None, stuck_cycles: int = 5000, max_cycles: int = 5_000_000) -> None:
+    async def run(self, *, until=None, stop=None, stuck_cycles: int = 5000, max_cycles: int = 5_000_000) -> None:
         """Run until every input queue is empty and ``until()`` (default: the DUT is idle for
-        200 cycles) holds; raise naming the stuck streams if nothing moves for ``stuck_cycles``."""
+        200 cycles) holds, or until ``stop()`` holds whatever is queued (checked after each cycle);
+        raise naming the stuck streams if nothing moves for ``stuck_cycles``."""
         d, rng = self.dut, self.rng
         idle = quiet = settle = 0
         in_burst = self.burst
@@ -240,11 +250,12 @@ class DatapathTB:
             d.o__ready.value = int(rng.random() >= self.out_stall)
             d.upcall__ready.value = int(rng.random() >= self.out_stall)
             d.drop__ready.value = int(rng.random() >= self.out_stall)
-            d.crd_data__ready.value = 1
-            d.mr_data__ready.value = int(rng.random() >= self.out_stall)
-            d.mr__valid.value = int(bool(self.mrq))
-            if self.mrq:
-                d.mr__payload.value = self.mrq[0]
+            if self.host_ports:
+                d.crd_data__ready.value = 1
+                d.mr_data__ready.value = int(rng.random() >= self.out_stall)
+                d.mr__valid.value = int(bool(self.mrq))
+                if self.mrq:
+                    d.mr__payload.value = self.mrq[0]
             if idle:
                 idle -= 1
                 d.i__valid.value = 0
@@ -256,19 +267,26 @@ class DatapathTB:
                 d.reinject__valid.value = int(bool(self.rein))
                 if self.rein:
                     d.reinject__payload.value = self.rein[0]
-            if mw_now is None and self.mw and rng.random() < self.mw_prob:
-                mw_now = self.mw[0]
-                d.mw__payload.value = mw_now[0] << _W["addr"] | int.from_bytes(mw_now[1], "little") << _W["data"]
-            d.mw__valid.value = int(mw_now is not None)
-            d.crd__valid.value = int(bool(self.crd))
-            if self.crd:
-                d.crd__payload.value = self.crd[0]
+            if self.host_ports:
+                if mw_now is None and self.mw and rng.random() < self.mw_prob:
+                    mw_now = self.mw[0]
+                    d.mw__payload.value = (mw_now[0] << _W["addr"]
+                                           | int.from_bytes(mw_now[1], "little") << _W["data"])
+                d.mw__valid.value = int(mw_now is not None)
+                d.crd__valid.value = int(bool(self.crd))
+                if self.crd:
+                    d.crd__payload.value = self.crd[0]
             if self.fixed:
                 self.fixed.drive(self.cycles)
+            for a in self.agents:
+                a.drive(self.io, self.cycles)
             await ReadOnly()
             if self.fixed:
                 self.fixed.sample(self.cycles)
-            moved = False
+            before = [a.progress() for a in self.agents]
+            for a in self.agents:
+                a.sample(self.io, self.cycles)
+            moved = before != [a.progress() for a in self.agents]
             if d.i__valid.value and d.i__ready.value:
                 w = self.rx.popleft()
                 moved = True
@@ -281,21 +299,25 @@ class DatapathTB:
             if d.reinject__valid.value and d.reinject__ready.value:
                 self.rein.popleft()
                 moved = True
-            if mw_now is not None and d.mw__ready.value:
-                self.mw.popleft()
-                mw_now = None
-                moved = True
-            if self.crd and d.crd__ready.value:
-                self.crd.popleft()
-                moved = True
-            if self.mrq and d.mr__ready.value:
-                self.mrq.popleft()
-                moved = True
-            if d.mr_data__valid.value and d.mr_data__ready.value:
-                self.mr_lines.append(d.mr_data__payload.value.to_unsigned().to_bytes(LINE_BYTES, "little"))
-                moved = True
-            if d.mw_done.value:
-                self.mw_done.append(d.mw_done_addr.value.to_unsigned())
+            if self.host_ports:
+                if mw_now is not None and d.mw__ready.value:
+                    self.mw.popleft()
+                    mw_now = None
+                    moved = True
+                if self.crd and d.crd__ready.value:
+                    self.crd.popleft()
+                    moved = True
+                if self.mrq and d.mr__ready.value:
+                    self.mrq.popleft()
+                    moved = True
+                if d.mr_data__valid.value and d.mr_data__ready.value:
+                    self.mr_lines.append(d.mr_data__payload.value.to_unsigned().to_bytes(LINE_BYTES, "little"))
+                    moved = True
+            done = d.mw_done if self.host_ports else d.wr_visible
+            if done.value:
+                addr = (d.mw_done_addr if self.host_ports else d.wr_visible_addr).value.to_unsigned()
+                self.mw_done.append(addr)
+                self.visible.append((self.cycles, addr))
                 moved = True
             if d.o__valid.value and d.o__ready.value:
                 w = d.o__payload.value.to_unsigned()
@@ -315,29 +337,32 @@ class DatapathTB:
                 w = d.drop__payload.value.to_unsigned()
                 self.drops.append((w >> _D["reason"] & 3, w >> _D["in_port"] & 0xFF))
                 moved = True
-            if d.crd_data__valid.value:
+            if self.host_ports and d.crd_data__valid.value:
                 w = d.crd_data__payload.value.to_unsigned()
                 self.counters.append((w & (1 << 64) - 1, w >> 64))
                 moved = True
             await RisingEdge(d.clk)
             self.cycles += 1
-            busy = bool(self.rx or self.rein or self.mw or self.crd or self.mrq or mw_now)
+            busy = bool(self.rx or self.rein or self.mw or self.crd or self.mrq or mw_now
+                        or not all(a.idle() for a in self.agents))
             quiet = 0 if moved or idle else quiet + 1
             settle = 0 if moved or busy else settle + 1
             if quiet > stuck_cycles and busy:
                 raise AssertionError(self.stuck_report())
-            if not busy and (until() if until else settle > 200):
+            if (stop and stop()) or (not busy and (until() if until else settle > 200)):
                 return
             if self.cycles > max_cycles:
                 raise AssertionError(f"gave up after {max_cycles} cycles: " + self.stuck_report())
 
     def stuck_report(self) -> str:
         d = self.dut
-        chans = ("i", "reinject", "mw", "mr", "mr_data", "o", "upcall", "drop", "crd", "crd_data")
+        chans = ("i", "reinject", "o", "upcall", "drop")
+        chans += ("mw", "mr", "mr_data", "crd", "crd_data") if self.host_ports else ()
         parts = [f"{c} valid={getattr(d, c + '__valid').value} ready={getattr(d, c + '__ready').value}"
                  for c in chans]
         return (f"Datapath stuck after {self.cycles} cycles ({len(self.rx)} rx beats, {len(self.rein)} "
-                f"reinject beats, {len(self.mw)} writes, {len(self.crd)} counter reads queued): " + ", ".join(parts))
+                f"reinject beats, {len(self.mw)} writes, {len(self.crd)} counter reads queued): " + ", ".join(parts)
+                + "".join(f"; {a.describe()}" for a in self.agents))
 
     def stats(self) -> dict:
         w = self.dut.stats.value.to_unsigned()

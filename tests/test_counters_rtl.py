@@ -46,6 +46,7 @@ class AxiDram:
         self.lo, self.hi = dut.counters_off, dut.counters_off + dut.n_counters // 4
         self.host_id = dut.max_evictions
         self.ars = []                     # [due cycle, id, line, sampled data or None]
+        self.grants = [] if dut.wb_grant else None   # lines granted on wb_ok and not yet read
         self.aws, self.ws = [], []
         self.bs = []                      # [due cycle, id, line, data to write or None if written]
         self.r_cur = self.b_cur = None
@@ -111,6 +112,9 @@ class AxiDram:
                 self.n_host_reads += 1
             else:
                 assert aid < self.host_id and aid not in self.rmw_open, f"AR id {aid} reused"
+                if self.grants is not None:      # wb_grant: every RMW uses the oldest grant, of its line
+                    assert self.grants[:1] == [line], f"RMW of line {line} started; grants held {self.grants}"
+                    self.grants.pop(0)
                 self.rmw_open[aid] = line
                 self.n_reads += 1
             early = self.mem.get(line, 0) if rng.random() < 0.5 else None
@@ -141,6 +145,7 @@ class Run:
 
     def __init__(self):
         self.reads = []          # (index, (packets, bytes) returned, (packets, bytes) expected)
+        self.grants = 0          # wb_ok grants given (wb_grant)
         self.upd_stalls = 0      # cycles upd.valid was refused with no read or flush taking the slot
         self.cycles = 0
         self.last_upd_cycle = None
@@ -162,6 +167,7 @@ def rtl_counters(dut, updates, *, reads=(), flushes=(), p_gap=0.2, rd_stall=0.0,
     flushes = sorted(flushes)
     dram = AxiDram(dut, random.Random(seed + 1), stall=axi_stall, lat=lat)
     run.dram = dram
+    grant_due = []                       # [cycle, line] of the request being granted (wb_grant)
 
     async def bench(ctx):
         sent = nread = 0
@@ -201,6 +207,11 @@ def rtl_counters(dut, updates, *, reads=(), flushes=(), p_gap=0.2, rd_stall=0.0,
             if flush:
                 snap = dict(exp)         # updates accepted before the pulse
             ctx.set(dut.rd_data.ready, rng.random() >= rd_stall)
+            if dut.wb_grant:             # the back-invalidation a grant waits for: 0..10 cycles
+                ctx.set(dut.wb_req.ready, not grant_due and rng.random() < 0.7)
+                ctx.set(dut.wb_ok.valid, bool(grant_due) and grant_due[0] <= cyc)
+                if grant_due:
+                    ctx.set(dut.wb_ok.payload, grant_due[1])
             dram.drive(ctx, cyc)
             # -- sample ------------------------------------------------------------------
             upd_fire = ctx.get(dut.upd.valid) and ctx.get(dut.upd.ready)
@@ -221,6 +232,16 @@ def rtl_counters(dut, updates, *, reads=(), flushes=(), p_gap=0.2, rd_stall=0.0,
                 run.last_upd_cycle = cyc
                 if rng.random() < p_gap:
                     gap = rng.randint(1, 6)
+            if dut.wb_grant:
+                if ctx.get(dut.wb_ok.valid):
+                    assert ctx.get(dut.wb_ok.ready)
+                    dram.grants.append(grant_due[1])
+                    run.grants += 1
+                    grant_due.clear()
+                if ctx.get(dut.wb_req.valid) and ctx.get(dut.wb_req.ready):
+                    line = ctx.get(dut.wb_req.payload)
+                    assert dut.counters_off <= line < dut.counters_off + dut.n_counters // 4, line
+                    grant_due[:] = [cyc + rng.randint(1, 10), line]
             if ctx.get(dut.rd_data.valid) and ctx.get(dut.rd_data.ready):
                 idx, want = read_q.pop(0)
                 got = (ctx.get(dut.rd_data.payload.packets), ctx.get(dut.rd_data.payload.bytes))
@@ -345,6 +366,21 @@ def test_conflicting_tags_thrash(stall):
     run = rtl_counters(dut, updates, reads=reads, p_gap=0.0, rd_stall=stall, axi_stall=stall, seed=4)
     check(run, updates, n, 9, len(reads))
     assert run.stats == cache_model(updates, n, cache)
+
+
+@pytest.mark.parametrize("stall", [0.0, 0.4])
+def test_write_back_grants(stall):
+    """wb_grant: every eviction RMW (misses and flushes) starts only after the grant of its own line, one
+    grant per RMW; reads and the DRAM image stay exact while grants take 1..10 cycles."""
+    n, off, cache = 128, 11, 4
+    rng = random.Random(77 + int(stall * 10))
+    updates = hot_updates(rng, 1200, n, hot=5, p_hot=0.5)
+    reads = [rng.randrange(n) for _ in range(150)]
+    dut = CounterBlock(n_counters=n, counters_off=off, cache_lines=cache, evict_depth=4, max_evictions=3,
+                       wb_grant=True)
+    run = rtl_counters(dut, updates, reads=reads, flushes=[400, 800], rd_stall=stall, axi_stall=stall, seed=4)
+    check(run, updates, n, off, len(reads))
+    assert run.grants == run.dram.n_reads > 0 and run.dram.grants == []
 
 
 def test_one_update_per_cycle_same_index():
