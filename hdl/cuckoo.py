@@ -107,7 +107,7 @@ class CuckooEngine(wiring.Component):
     Fills: every R beat of a bucket/stash line is written into the cache
     unless (1) its lookup saw a ``wr`` report on its primary, secondary or a
     stash line since it (re)started (its ``dirty`` bit, which covers the time
-    since this read was issued), (2) ``wr.valid`` is high in the fill cycle
+    since this read was issued), (2) ``wr.valid`` (or ``wr_done.valid``) is high in the fill cycle
     (any report takes the write port: the report invalidates its line), or
     (3) ``wr_pending`` is high in the fill cycle.  Every ``wr`` report
     invalidates its line's cache entry.  The cache memories are not reset:
@@ -117,15 +117,22 @@ class CuckooEngine(wiring.Component):
 
     Write-report contract (for whoever drives ``wr`` / ``wr_pending``)
     ------------------------------------------------------------------
-    Each host write to a bucket or stash line is reported on ``wr`` twice:
+    Each host write to a bucket or stash line is reported twice: on ``wr``
     when it is issued to DRAM (no later than the first R beat whose data
-    reflects it, as the replay scheme needs) and again when its B response
-    arrives, after which every read issued reflects it.  ``wr_pending`` is
-    high in every cycle strictly between the two reports of any such write
-    (it may be high in them too).  A write that becomes visible atomically in
-    one cycle may instead be reported once, in that cycle, with
-    ``wr_pending`` low (issue = B response); the testbenches do that, and the
-    split form with ``wr_pending``.
+    reflects it, as the replay scheme needs) and again, on ``wr`` or on
+    ``wr_done``, at or after its B response, after which every read issued
+    reflects it.  ``wr_pending`` is high in every cycle strictly between the
+    two reports of any such write (it may be high in them too).  A write that
+    becomes visible atomically in one cycle may instead be reported once, on
+    ``wr``, in that cycle, with ``wr_pending`` low (issue = B response); the
+    testbenches do that, and the split form with ``wr_pending``.
+    ``wr_done`` (always ready) is a second report port with the effect of a
+    ``wr`` report except the cache invalidation, which the second report
+    never needs (the first one invalidated the line and ``wr_pending`` has
+    kept fills out since): with it a writer can make an issue report and a B
+    report in the same cycle (the datapath does).  Below, "report" means one
+    on either port; a ``wr_done`` beat in the fill cycle drops the fill like
+    a ``wr`` beat.
 
     Why a valid cache line always equals the line's newest content: take a
     fill of line X from a read issued (AR) in cycle a and written to the
@@ -232,6 +239,7 @@ class CuckooEngine(wiring.Component):
             "i": In(stream.Signature(LookupRequest(tag_bits))),
             "o": Out(stream.Signature(LookupResult(tag_bits))),
             "wr": In(stream.Signature(data.StructLayout({"line": _LINE_INDEX_BITS}))),
+            "wr_done": In(stream.Signature(data.StructLayout({"line": _LINE_INDEX_BITS}))),
             "wr_pending": In(1),
             # AXI4 read address channel
             "m_axi_arvalid": Out(1), "m_axi_arready": In(1), "m_axi_araddr": Out(_ADDR_BITS),
@@ -375,7 +383,7 @@ class CuckooEngine(wiring.Component):
             self.m_axi_rready.eq(1), self.m_axi_bready.eq(1),
             self.m_axi_awvalid.eq(0), self.m_axi_wvalid.eq(0),
             self.m_axi_awsize.eq(_LINE_SHIFT), self.m_axi_awburst.eq(1), self.m_axi_wlast.eq(1),
-            self.wr.ready.eq(1),
+            self.wr.ready.eq(1), self.wr_done.ready.eq(1),
         ]
 
         # -- context table (small per-lookup state in registers) -------------------------
@@ -434,14 +442,17 @@ class CuckooEngine(wiring.Component):
             m.d.sync += hptr.eq(hptr + 1)
 
         # -- write reports: mark contexts whose lines were written ----------------------
-        wr_line = self.wr.payload.line
-        in_stash = Signal()
-        if ns:
-            m.d.comb += in_stash.eq((wr_line >= so) & (wr_line < so + ns))
         touched = [Signal(name=f"c{c}_touched") for c in range(n)]
+        hits = [[] for _ in range(n)]
+        for port in (self.wr, self.wr_done):
+            wr_line = port.payload.line
+            in_stash = Signal()
+            if ns:
+                m.d.comb += in_stash.eq((wr_line >= so) & (wr_line < so + ns))
+            for c in range(n):
+                hits[c].append(port.valid & (in_stash | (wr_line == bo + prim[c]) | (wr_line == bo + sec[c])))
         for c in range(n):
-            m.d.comb += touched[c].eq(self.wr.valid & (
-                in_stash | (wr_line == bo + prim[c]) | (wr_line == bo + sec[c])))
+            m.d.comb += touched[c].eq(hits[c][0] | hits[c][1])
         a_dirty, a_dirty_now = Array(dirty), Array([dirty[c] | touched[c] for c in range(n)])
 
         def oldest(name, req):
@@ -636,7 +647,7 @@ class CuckooEngine(wiring.Component):
         # A beat of a lookup that saw no report on its lines since it (re)started (so none since
         # this read was issued, nor in this cycle: any report blocks fills) while no host
         # write is in flight: the data is the line's newest content (docstring).
-        m.d.comb += f_en.eq(f_beat & ~f_dirty & ~self.wr.valid & ~self.wr_pending)
+        m.d.comb += f_en.eq(f_beat & ~f_dirty & ~self.wr.valid & ~self.wr_done.valid & ~self.wr_pending)
         with m.If(f_phase == _PRIMARY):
             m.d.comb += [f_idx.eq(bidx(f_prim)), f_tag.eq(btag(f_prim))]
         with m.Else():

@@ -198,14 +198,10 @@ class Datapath(wiring.Component):
         ob_data = Signal(LINE_BITS)
         inflight = SyncFIFOBuffered(width=33, depth=32)        # {addr, bucket?} of writes awaiting B
         m.submodules.mw_inflight = inflight
-        pending = Signal(range(33))        # bucket/stash writes whose second (B) report is still owed
+        pending = Signal(range(33))        # bucket/stash writes awaiting their B response
         b_fire = hw.m_axi_bvalid & hw.m_axi_bready
         b_bkt = Signal()
         m.d.comb += b_bkt.eq(b_fire & inflight.r_data[32])
-        # B reports owed to the cuckoo engine: an accept-time report has the ``wr`` port first, a B report
-        # may wait (``wr_pending`` stays high until it is made, which is all the engine's contract asks)
-        bq = SyncFIFOBuffered(width=32, depth=32)
-        m.submodules.mw_breports = bq
 
         def in_region(addr, name, n=None):
             first, size = r[name]
@@ -216,8 +212,7 @@ class Datapath(wiring.Component):
         ob_free = ~ob_valid | ((ob_aw | (hw.m_axi_awvalid & hw.m_axi_awready))
                                & (ob_w | (hw.m_axi_wvalid & hw.m_axi_wready)))
         # a bucket write reports on ``wr`` when accepted; the B report of another has priority
-        # (``pending`` bounds the owed B reports, so ``bq`` never overflows)
-        m.d.comb += self.mw.ready.eq(ob_free & inflight.w_rdy & (pending < 30))
+        m.d.comb += self.mw.ready.eq(ob_free & inflight.w_rdy)
         mw_fire = self.mw.valid & self.mw.ready
         m.d.comb += [
             hw.m_axi_awvalid.eq(ob_valid & ~ob_aw), hw.m_axi_awaddr.eq(ob_addr << LINE_SHIFT),
@@ -239,15 +234,12 @@ class Datapath(wiring.Component):
         with m.If(mw_fire):
             m.d.sync += [ob_valid.eq(1), ob_aw.eq(0), ob_w.eq(0), ob_addr.eq(mw.addr), ob_data.eq(mw.data),
                          ob_bkt.eq(is_bkt)]
-        issue_rep = Signal()
-        m.d.comb += [issue_rep.eq(mw_fire & is_bkt),
-                     bq.w_en.eq(b_bkt), bq.w_data.eq(inflight.r_data[:32]),
-                     bq.r_en.eq(~issue_rep)]
-        m.d.sync += pending.eq(pending + issue_rep - (bq.r_en & bq.r_rdy))
+        m.d.sync += pending.eq(pending + (mw_fire & is_bkt) - b_bkt)
         bump("host_writes", mw_fire)
-        # the cuckoo engine hears of bucket/stash writes when accepted and again after their B response
-        m.d.comb += [ck.wr.valid.eq(issue_rep | bq.r_rdy),
-                     ck.wr.payload.line.eq(Mux(issue_rep, mw.addr, bq.r_data))]
+        # the cuckoo engine hears of bucket/stash writes when accepted (``wr``) and at their B response
+        # (``wr_done``: both in one cycle when they coincide)
+        m.d.comb += [ck.wr.valid.eq(mw_fire & is_bkt), ck.wr.payload.line.eq(mw.addr),
+                     ck.wr_done.valid.eq(b_bkt), ck.wr_done.payload.line.eq(inflight.r_data[:32])]
         if hasattr(ck, "wr_pending"):
             m.d.comb += ck.wr_pending.eq(pending != 0)
         # mirrors: the CAM (first cam_entries rule lines), the action table, the hash key

@@ -133,8 +133,8 @@ class TB:
 
     async def reset(self):
         d = self.dut
-        await clock_and_reset(d, {"i__valid": 0, "o__ready": 0, "wr__valid": 0, "wr__payload": 0, "wr_pending": 0,
-                                  "hash_key": int.from_bytes(self.cfg.hash_key, "little")})
+        await clock_and_reset(d, {"i__valid": 0, "o__ready": 0, "wr__valid": 0, "wr__payload": 0, "wr_done__valid": 0,
+                                  "wr_pending": 0, "hash_key": int.from_bytes(self.cfg.hash_key, "little")})
         await RisingEdge(d.clk)
 
     def set_stalls(self, p):

@@ -86,7 +86,7 @@ def make_engine(cfg, **kw):
 
 def rtl_lookup(cfg, mem, keys, *, latency=(1, 20), ar_stall=0.0, r_idle=0.0, o_stall=0.0, in_idle=0.0,
                writes=None, seed=0, max_outstanding=32, max_cycles=200_000, serial=False, barrier=None,
-               split_writes=None, sample="beat", idle_start=0, **engine_kw):
+               split_writes=None, sample="beat", idle_start=0, b_port="wr", **engine_kw):
     """Look ``keys`` up in the simulated engine over ``mem``; returns ``(results, stats)``.
 
     ``results[i] = (tag, hit, index, entry int)`` in output order.  Host writes are
@@ -103,7 +103,8 @@ def rtl_lookup(cfg, mem, keys, *, latency=(1, 20), ar_stall=0.0, r_idle=0.0, o_s
     data is taken from ``mem``: "beat" (when the R beat goes on the bus), "issue" (at the AR
     handshake) or "random" (either, per read).  ``serial``: a key is offered only after the
     previous result.  ``idle_start``: no key is offered in the first cycles (e.g. while the bucket
-    cache is cleared after reset: probes miss and nothing is filled then).
+    cache is cleared after reset: probes miss and nothing is filled then).  ``b_port``: where a split
+    write's second report goes: "wr", "wr_done" or "random" (either, per write).
     """
     dut = make_engine(cfg, max_outstanding=max_outstanding, **engine_kw)
     rng = random.Random(seed)
@@ -128,6 +129,7 @@ def rtl_lookup(cfg, mem, keys, *, latency=(1, 20), ar_stall=0.0, r_idle=0.0, o_s
                                      f"{len(pending)} reads pending, arvalid {ctx.get(dut.m_axi_arvalid)}")
             # host writes
             ctx.set(dut.wr.valid, 0)
+            ctx.set(dut.wr_done.valid, 0)
             busy = 0
             if cur is not None:
                 line, data, report, t_apply, t_b, applied, _ = cur
@@ -137,8 +139,9 @@ def rtl_lookup(cfg, mem, keys, *, latency=(1, 20), ar_stall=0.0, r_idle=0.0, o_s
                 if cycle >= t_b:
                     cur = None
                     if report:                               # the B response: second report
-                        ctx.set(dut.wr.valid, 1)
-                        ctx.set(dut.wr.payload.line, line)
+                        port = b_port if b_port != "random" else rng.choice(("wr", "wr_done"))
+                        ctx.set(getattr(dut, port).valid, 1)
+                        ctx.set(getattr(dut, port).payload.line, line)
                 else:
                     busy = report
             else:
@@ -370,8 +373,8 @@ def test_cache_invalidation(mode):
         assert not bad, f"{len(bad)} stale results: {bad[:3]}"
 
 
-@pytest.mark.parametrize("split", [None, 6])
-def test_no_stale_fill_when_write_races_read(split):
+@pytest.mark.parametrize("split,b_port", [(None, "wr"), (6, "wr"), (6, "wr_done")])
+def test_no_stale_fill_when_write_races_read(split, b_port):
     """Lookups of a key being inserted, with reads of its bucket in flight (data taken at AR time,
     i.e. old) while the insert's writes land: fills of those reads must not install the old bucket,
     so lookups offered after the insert completed find the key (cache full size: never evicted)."""
@@ -396,7 +399,7 @@ def test_no_stale_fill_when_write_races_read(split):
         keys = [k] * (n_race + 30)
         got, stats = rtl_lookup(cfg, dram, keys, seed=12 + seed, latency=(30, 40), sample="issue",
                                 writes=pad + writes,
-                                barrier={n_race: []}, split_writes=split)
+                                barrier={n_race: []}, split_writes=split, b_port=b_port)
         assert dram.buf == mem.buf
         exp = ref_lookup(table, keys)[n_race:]
         assert got[n_race:] == exp and exp[0][1] == 1
@@ -426,8 +429,9 @@ def _run_moves(max_replays, seed=3, **kw):
 
 
 @pytest.mark.parametrize("kw", [dict(bucket_cache_lines=0), {}, dict(split_writes=6, sample="random"),
-                                dict(bucket_cache_lines=4, split_writes=3, sample="random")],
-                         ids=["nocache", "cache", "cache-split-writes", "cache4-split-writes"])
+                                dict(bucket_cache_lines=4, split_writes=3, sample="random"),
+                                dict(split_writes=6, sample="random", b_port="random")],
+                         ids=["nocache", "cache", "cache-split-writes", "cache4-split-writes", "cache-wr-done"])
 def test_no_false_miss_during_moves(kw):
     """Hot keys move between their buckets while the model inserts and deletes others: never a miss
     (with the bucket cache on too: cached lines are invalidated by the reports)."""
