@@ -17,7 +17,7 @@ TYPE     ?= 2
 # pytest-xdist workers for make test
 JOBS     ?= auto
 
-.PHONY: all venv sim test regress verilog lint bench docs check-docs clean distclean help
+.PHONY: all venv sim test regress verilog lint bench synth docs check-docs clean distclean help
 
 all: help
 
@@ -25,7 +25,8 @@ help:
 	@echo "make sim      run the default scenario and print a report (SCENARIO= PACKETS= SEED= PCAP= RULES= TYPE=)"
 	@echo "make test     unit, property and block tests (JUnit XML in build/test-results.xml)"
 	@echo "make regress  long-seed regression"
-	@echo "make bench    benchmarks -> build/bench/*.json"
+	@echo "make bench    benchmarks -> build/bench/*.json, results.json and docs/performance.md"
+	@echo "make synth    ECP5-85 synthesis, place and route of the datapath (Yosys + nextpnr) -> build/synth/report.json"
 	@echo "make docs     regenerate docs/table-format.md (and build/table-format.json, build/cxlnic_tables.h)"
 	@echo "make verilog  generate Verilog for each RTL block into build/verilog"
 	@echo "make lint     ruff, and verilator --lint-only -Wall on the generated Verilog"
@@ -53,6 +54,11 @@ regress: $(STAMP)
 bench: $(STAMP)
 	$(PY) scripts/bench_model.py --out $(BUILD)/bench
 	$(PY) scripts/bench_datapath.py --out $(BUILD)/bench
+	$(PY) scripts/bench_cxl.py --out $(BUILD)/bench
+	$(PY) scripts/perf_report.py --bench $(BUILD)/bench --synth $(BUILD)/synth
+
+synth: $(STAMP)
+	$(PY) scripts/synth.py --out $(BUILD)/synth
 
 docs: $(STAMP)
 	$(PY) scripts/gen_table_doc.py
