@@ -81,7 +81,8 @@ def load_inputs(bench: Path, synth: Path) -> tuple[dict, list[str]]:
             missing.append(f"{name}: {path} is a --quick run (not the figures)")
             continue
         if name == "synth" and not doc.get("complete"):
-            missing.append(f"{name}: {path} is incomplete (failed stage {doc.get('failed_stage')})")
+            missing.append(f"{name}: {path} is incomplete (failed stage {doc.get('failed_stage')}: "
+                           f"{doc.get('error')})")
             continue
         docs[name] = doc
     return docs, missing
@@ -147,6 +148,7 @@ def main(argv=None) -> int:
         print("perf_report: no benchmark results found: run `make bench` first\n  " + "\n  ".join(missing),
               file=sys.stderr)
         return 1
+    missing = [x.replace(str(ROOT) + "/", "") for x in missing]      # repository-relative in the page
     res = merge(docs, missing)
     (a.bench / "results.json").write_text(json.dumps(res, indent=1) + "\n")
     img = a.doc.parent / "perf"
