@@ -104,7 +104,7 @@ def merge(docs: dict, missing: list[str]) -> dict:
         v = _get(docs, path)
         met = None
         if isinstance(v, dict):                    # a benchmark's target record
-            met, v = v.get("met"), v.get("value")
+            met, target, v = v.get("met"), target or v.get("target", ""), v.get("value")
         if path == "synth.summary.fmax_mhz" and v is not None:
             met = v >= 125
         rows.append({"figure": label, "value": v, "text": fmt.format(v) if v is not None else "not measured",
