@@ -192,10 +192,12 @@ class HomeCore:
         return not (self.queues or self.runnable or any(self.out.values()) or any(self.presented.values()))
 
     # ---------------- host side ----------------
-    def host_read(self, line: int) -> Fut:
-        """Read line ``line`` (relative to ``base``) as the host's CPU would; Fut value = bytes."""
+    def host_read(self, line: int, *, downgrade: bool = False) -> Fut:
+        """Read line ``line`` (relative to ``base``) as the host's CPU would; Fut value = bytes.
+        ``downgrade``: a device owning the line is always snooped with SnpData (never SnpCur, which
+        lets it keep E/M), so afterwards it no longer owns it."""
         f = Fut()
-        self._enqueue(line, self._host_read(line, f), f"host read {line}")
+        self._enqueue(line, self._host_read(line, f, downgrade), f"host read {line}")
         return f
 
     def host_write(self, line: int, data: bytes) -> Fut:
@@ -375,10 +377,11 @@ class HomeCore:
             self.dir[line] = "S"
         return rsp
 
-    def _host_read(self, line, f):
+    def _host_read(self, line, f, downgrade=False):
         d = self.dir.get(line)
         if d == "E" or (d == "S" and self.rng.random() < self.p_snoop_s):
-            op = H2DReqOpcode.SNP_CUR if self.rng.random() < self.p_snp_cur else H2DReqOpcode.SNP_DATA
+            cur = not downgrade and self.rng.random() < self.p_snp_cur
+            op = H2DReqOpcode.SNP_CUR if cur else H2DReqOpcode.SNP_DATA
             yield from self._snoop(line, op)
         f.set(self.line(line))
 
@@ -440,7 +443,7 @@ class CxlHomeAgent(TableMemory):
     async def sync(self):
         await self.drain()
         for line in [ln for ln, d in self.core.dir.items() if d == "E"]:
-            await self.host_read_line(line)
+            await self.wait(self.core.host_read(line, downgrade=True))   # SnpData: the device gives it up
 
     async def host_read_line(self, line: int) -> bytes:
         return await self.wait(self.core.host_read(line))
