@@ -17,6 +17,7 @@ def test_rejects_bad_parameters():
 
 
 @pytest.mark.sim
+@pytest.mark.slow      # make regress: make test runs the same scenario through the SmartNic top (test_smartnic_rtl.py)
 def test_datapath_verilator():
     from cxlnic.tb.sim import run_cocotb
     from cxlnic.tb.test_datapath import tb_config
