@@ -11,24 +11,12 @@ datapath's AXI4 port is the device DRAM.
 from __future__ import annotations
 
 from amaranth.hdl import Module
-from amaranth.lib import stream, wiring
-from amaranth.lib.wiring import In, Out
+from amaranth.lib import wiring
+from amaranth.lib.wiring import Out
 
 from cxlnic.config import NicConfig
-from cxlnic.hdl.axi import axi4_master_ports
-from cxlnic.hdl.cxl_mem import (
-    ADDR_BITS,
-    S2MDRS,
-    S2MNDR,
-    CxlMemStats,
-    CxlMemSubordinate,
-    M2SBIRsp,
-    M2SReq,
-    M2SRwD,
-    S2MBISnp,
-)
-from cxlnic.hdl.datapath import Datapath, DropInfo, OutBeat, Reinject, StatsLayout, UpcallBeat
-from cxlnic.hdl.parser import Beat
+from cxlnic.hdl.cxl_mem import CxlMemStats, CxlMemSubordinate
+from cxlnic.hdl.datapath import Datapath
 from cxlnic.hdl.util import checked_init
 
 __all__ = ["SmartNic", "CXL_TYPES"]
@@ -74,27 +62,17 @@ class SmartNic(wiring.Component):
                                  counter_cache=counter_cache, wb_grant=True)
         self.cfg = self.datapath.cfg
         self.cxl_mem = CxlMemSubordinate(depth=mem_depth, filter_entries=filter_entries)
+        cm, dp = self.cxl_mem.signature.members, self.datapath.signature.members
         super().__init__({
-            "m2s_req": In(stream.Signature(M2SReq)),
-            "m2s_rwd": In(stream.Signature(M2SRwD)),
-            "m2s_birsp": In(stream.Signature(M2SBIRsp)),
-            "s2m_ndr": Out(stream.Signature(S2MNDR)),
-            "s2m_drs": Out(stream.Signature(S2MDRS)),
-            "s2m_bisnp": Out(stream.Signature(S2MBISnp)),
-            "hdm_base": In(ADDR_BITS),
-            "hdm_size": In(ADDR_BITS),
-            "i": In(stream.Signature(Beat)),
-            "reinject": In(stream.Signature(Reinject)),
-            "o": Out(stream.Signature(OutBeat)),
-            "upcall": Out(stream.Signature(UpcallBeat)),
-            "drop": Out(stream.Signature(DropInfo)),
-            "flush": In(1),
-            "flush_done": Out(1),
+            # the CXL.mem side is the subordinate's, the frame side and the DRAM port the datapath's
+            **{n: cm[n] for n in ("m2s_req", "m2s_rwd", "m2s_birsp", "s2m_ndr", "s2m_drs", "s2m_bisnp",
+                                  "hdm_base", "hdm_size")},
+            **{n: dp[n] for n in ("i", "reinject", "o", "upcall", "drop", "flush", "flush_done")},
             "wr_visible": Out(1),
             "wr_visible_addr": Out(32),
-            "stats": Out(StatsLayout),
+            "stats": dp["stats"],
             "mem_stats": Out(CxlMemStats),
-            **axi4_master_ports(len(self.datapath.m_axi_arid)),
+            **{n: m for n, m in dp.items() if n.startswith("m_axi_")},
         })
 
     @property

@@ -50,34 +50,30 @@ def _load_test_module(name: str):
     return mod
 
 
-def bench_visibility(out: Path, hop: int, installs: int, log=print) -> dict:
+def _smartnic_run(out: Path, testcase: str, name: str, hop: int, env: dict) -> dict:
+    """Run one testcase of tb/test_smartnic.py on the test's SmartNic build; returns the JSON it writes."""
     from cxlnic.hdl.smartnic import SmartNic
     from cxlnic.tb.sim import run_cocotb
     from cxlnic.tb.test_datapath import tb_config
 
-    raw = out / "cxl_visibility.raw.json"
+    raw = out / f"cxl_{name}.raw.json"
     raw.unlink(missing_ok=True)
-    top = SmartNic(tb_config(), lookups=64, frame_fifo=128)
-    log(f"visibility: SmartNic top under Verilator, hop {hop} cycles, {installs} installs ...")
-    run_cocotb(top, "cxlnic.tb.test_smartnic", params="tb", seed=1, testcase="writes_visible_after_cmp",
+    top = SmartNic(tb_config(), lookups=64, frame_fifo=128)      # the build of tests/test_smartnic_rtl.py
+    run_cocotb(top, "cxlnic.tb.test_smartnic", params="tb", seed=1, testcase=testcase,
                extra_env={"CXLNIC_DP_CAP_BYTES": str(top.frame_cap * 64), "CXLNIC_HOP": str(hop),
-                          "CXLNIC_VIS_OUT": str(raw), "CXLNIC_VIS_INSTALLS": str(installs)})
+                          **{k: v.format(raw=raw) for k, v in env.items()}})
     return json.loads(raw.read_text())
+
+
+def bench_visibility(out: Path, hop: int, installs: int, log=print) -> dict:
+    log(f"visibility: SmartNic top under Verilator, hop {hop} cycles, {installs} installs ...")
+    return _smartnic_run(out, "writes_visible_after_cmp", "visibility", hop,
+                         {"CXLNIC_VIS_OUT": "{raw}", "CXLNIC_VIS_INSTALLS": str(installs)})
 
 
 def bench_install(out: Path, hop: int, log=print) -> dict:
-    from cxlnic.hdl.smartnic import SmartNic
-    from cxlnic.tb.sim import run_cocotb
-    from cxlnic.tb.test_datapath import tb_config
-
-    raw = out / "cxl_install.raw.json"
-    raw.unlink(missing_ok=True)
-    top = SmartNic(tb_config(), lookups=64, frame_fifo=128)
     log(f"install rate: SmartNic top under Verilator, inserts from 86 % to 92 % load, hop {hop} cycles ...")
-    run_cocotb(top, "cxlnic.tb.test_smartnic", params="tb", seed=1, testcase="install_rate",
-               extra_env={"CXLNIC_DP_CAP_BYTES": str(top.frame_cap * 64), "CXLNIC_HOP": str(hop),
-                          "CXLNIC_INSTALL_OUT": str(raw)})
-    return json.loads(raw.read_text())
+    return _smartnic_run(out, "install_rate", "install", hop, {"CXLNIC_INSTALL_OUT": "{raw}"})
 
 
 def bench_subordinate(log=print) -> dict:
