@@ -211,7 +211,8 @@ class Datapath(wiring.Component):
         m.d.comb += is_bkt.eq(in_region(mw.addr, "buckets") | in_region(mw.addr, "stash"))
         ob_free = ~ob_valid | ((ob_aw | (hw.m_axi_awvalid & hw.m_axi_awready))
                                & (ob_w | (hw.m_axi_wvalid & hw.m_axi_wready)))
-        # a bucket write reports on ``wr`` when accepted; the B report of another has priority
+        # one write per cycle: a bucket write's accept report (``wr``) and another's B report (``wr_done``)
+        # use separate ports of the cuckoo engine
         m.d.comb += self.mw.ready.eq(ob_free & inflight.w_rdy)
         mw_fire = self.mw.valid & self.mw.ready
         m.d.comb += [

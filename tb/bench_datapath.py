@@ -104,8 +104,8 @@ async def load(tb: DatapathTB, sp: SlowPath) -> None:
              *range(g.actions_off, g.actions_off + sp.cfg.n_actions)]
     for line in lines:
         tb.write_line(line, sp.mem.read_line(line))
-    n0 = len(tb.mw_done)
-    await tb.run(until=lambda: len(tb.mw_done) >= n0 + len(lines))
+    n0 = len(tb.visible)
+    await tb.run(until=lambda: len(tb.visible) >= n0 + len(lines))
 
 
 async def measure(dut, tb: DatapathTB, frames: list[bytes], sp: SlowPath, path: str) -> dict:

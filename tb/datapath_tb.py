@@ -92,9 +92,8 @@ class FixedLatencyDram:
     ``latency`` cycles later.  Driven from :meth:`DatapathTB.run`'s cycle loop (no coroutine of its
     own), so it costs nothing when idle.  ``mem`` is a bytearray image."""
 
-    def __init__(self, dut, mem: bytearray, latency: int, b_latency: int | None = None):
+    def __init__(self, dut, mem: bytearray, latency: int):
         self.dut, self.mem, self.latency = dut, mem, latency
-        self.b_latency = latency if b_latency is None else b_latency
         self.reads: deque = deque()        # (due cycle, id, line)
         self.writes: deque = deque()       # (due cycle, id)
         self.aw: deque = deque()           # ids whose AW came before their W
@@ -141,7 +140,7 @@ class FixedLatencyDram:
             for k in range(LINE_BYTES):
                 if strb >> k & 1:
                     self.mem[line * LINE_BYTES + k] = data_[k]
-            self.writes.append((cycle + self.b_latency, wid))
+            self.writes.append((cycle + self.latency, wid))
 
 
 class DatapathTB:
@@ -149,7 +148,7 @@ class DatapathTB:
 
     def __init__(self, dut, cfg: NicConfig, seed: int, *, dram_stall: float = 0.0, out_stall: float = 0.0,
                  in_gap: tuple[int, int] = (0, 8), burst: int = 32, fixed_latency: int | None = None,
-                 image: bytearray | None = None, b_latency: int | None = None, host_ports: bool = True):
+                 image: bytearray | None = None, host_ports: bool = True):
         self.dut = dut
         # host_ports: the DUT has the Datapath's mw/mr/crd ports (False: a top whose host side is CXL,
         # driven by cycle agents added to ``agents``)
@@ -167,7 +166,7 @@ class DatapathTB:
             mem = bytearray(size)
             if image is not None:
                 mem[:len(image)] = image
-            self.fixed = FixedLatencyDram(dut, mem, fixed_latency, b_latency)
+            self.fixed = FixedLatencyDram(dut, mem, fixed_latency)
             self.ram = None
         else:
             self._axiram(dut, size, dram_stall)
@@ -182,8 +181,7 @@ class DatapathTB:
         self.upcalls: list = []           # (reason, frame)
         self.drops: list = []             # (reason, in_port)
         self.counters: list = []          # (packets, bytes)
-        self.mw_done: list = []           # line indices, in completion order
-        self.visible: list = []           # (cycle, line) of each of those pulses
+        self.visible: list = []           # (cycle, line) of each write-visible pulse, in completion order
         self.cycles = 0
         self.mw_prob = 1.0                # chance per cycle that a queued write is presented
         self.rx_last: list = []           # cycle of each received frame's last beat
@@ -199,6 +197,11 @@ class DatapathTB:
             for ch in (self.ram.read_if.ar_channel, self.ram.read_if.r_channel, self.ram.write_if.aw_channel,
                        self.ram.write_if.w_channel, self.ram.write_if.b_channel):
                 ch.set_pause_generator(rng.random() < stall for _ in itertools.count())
+
+    @property
+    def mw_done(self) -> list:
+        """Line indices of the writes made visible (``mw_done`` / ``wr_visible`` pulses), in order."""
+        return [line for _c, line in self.visible]
 
     async def reset(self, extra: dict | None = None):
         init = {"i__valid": 0, "reinject__valid": 0, "o__ready": 0, "upcall__ready": 0, "drop__ready": 0, "flush": 0}
@@ -316,7 +319,6 @@ class DatapathTB:
             done = d.mw_done if self.host_ports else d.wr_visible
             if done.value:
                 addr = (d.mw_done_addr if self.host_ports else d.wr_visible_addr).value.to_unsigned()
-                self.mw_done.append(addr)
                 self.visible.append((self.cycles, addr))
                 moved = True
             if d.o__valid.value and d.o__ready.value:

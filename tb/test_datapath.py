@@ -64,7 +64,7 @@ async def load_image(tb: DatapathTB, sp: SlowPath) -> None:
     lines = list(range(end))
     for line in lines:
         tb.write_line(line, sp.mem.read_line(line))
-    await tb.run(until=lambda: len(tb.mw_done) >= len(lines))
+    await tb.run(until=lambda: len(tb.visible) >= len(lines))
     assert tb.mw_done == lines, "mw_done must report every write once, in order"
     dram = tb.ram.read(0, end * 64)
     assert dram == bytes(sp.mem.buf[:end * 64]), "DRAM differs from the model's image after the load"

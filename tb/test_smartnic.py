@@ -108,7 +108,7 @@ async def setup(dut, seed, stall, *, warm=0.5, **kw):
     end = sp.geom.counters_off
     dram = tb.ram.read(0, end * LINE_BYTES) if tb.ram else bytes(tb.fixed.mem[:end * LINE_BYTES])
     assert dram == bytes(mem.image[:end * LINE_BYTES]), "DRAM differs from the model's image after the CXL writes"
-    assert len(tb.mw_done) == n_writes, f"{len(tb.mw_done)} writes made visible, {n_writes} sent"
+    assert len(tb.visible) == n_writes, f"{len(tb.visible)} writes made visible, {n_writes} sent"
     dut._log.info("image loaded by %d CXL.mem writes in %d cycles", n_writes, tb.cycles)
     return tb, sp, mem, sc.packets[n:]
 
