@@ -2,7 +2,7 @@
 
     cxlnic classify RULES IN.pcap -o OUT.pcap --stats STATS.json
     cxlnic gen [--scenario mixed] [--packets N] [--seed S] -o DIR
-    cxlnic sim [--scenario mixed] [--packets N] [--seed S] [--pcap P --rules R] [--out build/sim]
+    cxlnic sim [--scenario mixed] [--packets N] [--seed S] [--pcap P --rules R] [--out build/sim] [--model-only]
 
 Every error names the file (and line/column for rules) and exits with status
 2 before anything is written.
@@ -129,26 +129,102 @@ def _generate(args, generate):
     return generate(args.scenario, packets=args.packets, seed=args.seed)
 
 
+def _check_sim_args(args):
+    """Every input check of ``sim``, before anything is built: returns (rules, packets, source) for a
+    pcap run, (None, None, source) for a scenario run."""
+    from cxlnic.tb.harness import SYSTEM_SCENARIOS
+
+    if args.type not in (1, 2):
+        raise CliError(f"TYPE={args.type}: must be 1 (tables in host memory) or 2 (device memory)")
+    if args.type == 1 and not args.model_only:
+        raise CliError("TYPE=1: the Type 1 top (tables in host memory behind CXL.cache) is not built in this "
+                       "tree yet; the RTL system simulation is Type 2 (run with TYPE=2)")
+    if bool(args.pcap) != bool(args.rules):
+        raise CliError("give PCAP and RULES together (or neither, to use the scenario generator)")
+    if args.burst < 1:
+        raise CliError(f"--burst {args.burst}: must be >= 1")
+    if args.pcap:
+        rules, packets = _load_rules(args.rules), _load_pcap(args.pcap)
+        if not packets:
+            raise CliError(f"{args.pcap}: no packets in the capture")
+        return rules, packets, f"{args.pcap} + {args.rules}"
+    scenarios = SYSTEM_SCENARIOS if not args.model_only else ("mixed", "reactive", "conntrack", "static",
+                                                                "malformed")
+    if args.scenario not in scenarios:
+        raise CliError(f"unknown scenario {args.scenario!r}; choose one of: {', '.join(sorted(scenarios))}")
+    if args.packets < 20:
+        raise CliError(f"--packets {args.packets}: a scenario needs at least 20 packets")
+    return None, None, f"scenario {args.scenario!r}, seed {args.seed}"
+
+
+def _check_rules_fit(rules, source: str) -> None:
+    from cxlnic.model.memory import BytearrayMemory, format_image
+    from cxlnic.model.rules import TableFull
+    from cxlnic.model.slowpath import SlowPath
+    from cxlnic.tb.harness import system_config
+
+    cfg = system_config()
+    mem = BytearrayMemory(cfg.image_lines)
+    mem.apply(format_image(cfg))
+    try:
+        SlowPath(mem, cfg).install_rules(rules)
+    except TableFull as e:
+        raise CliError(f"{source}: the rules do not fit the simulated device ({cfg.n_rules} rules, "
+                       f"{cfg.n_actions} actions): {e}") from None
+
+
 def cmd_sim(args) -> int:
+    rules, packets, source = _check_sim_args(args)
+    out = Path(args.out)
+    if args.model_only:
+        return _sim_model(args, rules, packets, source, out)
+    if rules is not None:
+        _check_rules_fit(rules, source)
+    from cxlnic.tb.harness import run_system_sim
+    from cxlnic.tb.simreport import print_report, write_plots
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.json").unlink(missing_ok=True)
+    env = {"CXLNIC_SCENARIO": args.scenario, "CXLNIC_PACKETS": str(args.packets), "CXLNIC_SEED": str(args.seed),
+           "CXLNIC_BURST": str(args.burst), "CXLNIC_SIM_OUT": str(out.resolve()), "CXLNIC_PROGRESS": "1"}
+    if args.pcap:
+        env |= {"CXLNIC_PCAP": str(Path(args.pcap).resolve()), "CXLNIC_RULES": str(Path(args.rules).resolve())}
+    print(f"cxlnic sim: RTL SmartNic (Type 2) under Verilator against the golden slow path; input: {source}\n"
+          "building the simulation (Verilog, then Verilator: a few minutes the first time, reused after)...",
+          flush=True)
+    failed = None
+    try:
+        build = run_system_sim(env, seed=args.seed)
+    except AssertionError as e:
+        failed, build = str(e), None
+    rep_path = out / "report.json"
+    if not rep_path.exists():
+        print(f"cxlnic sim: the simulation ended without a report: {failed}", file=sys.stderr)
+        return 1
+    doc = json.loads(rep_path.read_text())
+    plots = write_plots(doc, out)
+    print_report(doc, sys.stdout)
+    waves = sorted(build.glob("*.fst")) + sorted(build.glob("*.vcd")) if build else []
+    print(f"wrote {rep_path}, {out / 'out.pcap'}" + "".join(f", {p}" for p in plots)
+          + "".join(f", waves {p}" for p in waves))
+    if failed:
+        print(f"cxlnic sim: FAILED: {failed}", file=sys.stderr)
+        return 1
+    return 0 if doc["mismatches"] == 0 else 1
+
+
+def _sim_model(args, rules, packets, source, out) -> int:
+    """``--model-only``: the golden model alone (Python slow path + fast-path emulation), no RTL."""
     from cxlnic.model.scenario import generate, write_pcap
     from cxlnic.runner import report
 
     _check_config(args)
-    if args.type not in (1, 2):
-        raise CliError(f"TYPE={args.type}: must be 1 (tables in host memory) or 2 (device memory)")
-    if bool(args.pcap) != bool(args.rules):
-        raise CliError("give PCAP and RULES together (or neither, to use the scenario generator)")
-    if args.pcap:
-        rules, packets, source = _load_rules(args.rules), _load_pcap(args.pcap), f"{args.pcap} + {args.rules}"
-    else:
+    if rules is None:
         sc = _generate(args, generate)
         from cxlnic.model.rulelang import parse_rules
         rules, packets = parse_rules(sc.rules_text, "scenario"), sc.packets
-        source = f"scenario {args.scenario!r}, seed {args.seed}"
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    print("cxlnic sim: the RTL datapath is not in this tree yet, so this run is the golden model only "
-          f"(Python slow path + fast-path emulation), TYPE={args.type} ignored.\n"
+    print(f"cxlnic sim --model-only: golden model only (Python slow path + fast-path emulation)\n"
           f"input: {source}: {len(rules)} rules, {len(packets)} packets", flush=True)
     res = _run(args, rules, packets)
     doc = report(res)
@@ -240,8 +316,11 @@ def build_parser() -> argparse.ArgumentParser:
     scen_opts(p)
     p.add_argument("--pcap", default="", help="use this pcap instead of the generator (with --rules)")
     p.add_argument("--rules", default="", help="use this rules file (with --pcap)")
-    p.add_argument("--type", type=int, default=2, help="1: tables in host memory, 2: in device memory")
+    p.add_argument("--type", type=int, default=2, help="1: tables in host memory, 2: in device memory (default)")
     p.add_argument("--out", default="build/sim", help="output folder (default build/sim)")
+    p.add_argument("--burst", type=int, default=1024, help="received frames per epoch between slow-path phases")
+    p.add_argument("--model-only", action="store_true",
+                   help="run the golden model alone (no RTL, no Verilator): fast, for rules and traces")
     table_opts(p)
     p.set_defaults(func=cmd_sim)
 

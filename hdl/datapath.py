@@ -23,7 +23,7 @@ from cxlnic.hdl.rewrite import HeaderRewriter
 from cxlnic.hdl.util import checked_init
 from cxlnic.model.actions import Verdict
 
-__all__ = ["Datapath", "UpcallReason", "DropReason", "Reinject", "OutBeat", "UpcallBeat", "DropInfo",
+__all__ = ["Datapath", "frame_cap_beats", "UpcallReason", "DropReason", "Reinject", "OutBeat", "UpcallBeat", "DropInfo",
            "MemWrite", "STATS"]
 
 
@@ -70,6 +70,11 @@ _ROUTE = data.StructLayout({"act": ActionEntry, "reason": UpcallReason, "discard
 _META = data.StructLayout({"reason": UpcallReason, "bad_reinject": 1})
 
 
+def frame_cap_beats(cfg: NicConfig) -> int:
+    """Beats of a frame the datapath keeps (:attr:`Datapath.frame_cap`): a maximum frame plus one."""
+    return -(-cfg.max_frame // BEAT_BYTES) + 1
+
+
 class Datapath(wiring.Component):
     """The SmartNIC fast path over one DRAM table image (``docs/datapath.md``).
 
@@ -106,7 +111,7 @@ class Datapath(wiring.Component):
             raise TypeError(f"cfg = {cfg!r}: must be a NicConfig")
         if cfg.cam_entries < 2 or cfg.cam_entries & (cfg.cam_entries - 1):
             raise ValueError(f"cfg.cam_entries = {cfg.cam_entries}: the CAM needs a power of two >= 2")
-        self._cap = -(-cfg.max_frame // BEAT_BYTES) + 1          # beats kept of one frame
+        self._cap = frame_cap_beats(cfg)                          # beats kept of one frame
         if not isinstance(frame_fifo, int) or frame_fifo < 2 * self._cap:
             raise ValueError(f"frame_fifo = {frame_fifo!r}: must hold two maximum frames "
                              f"({2 * self._cap} beats for max_frame {cfg.max_frame})")

@@ -16,14 +16,17 @@ lacks), so nothing has to be installed on the machine.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import os
+import re
 import sys
 from pathlib import Path
 
 from amaranth.back import verilog
 
-__all__ = ["setup_verilator", "write_verilog", "run_cocotb", "VERILATOR_WAIVERS", "BUILD_ROOT"]
+__all__ = ["setup_verilator", "write_verilog", "run_cocotb", "source_key", "VERILATOR_WAIVERS", "BUILD_ROOT"]
 
 ROOT = Path(__file__).resolve().parent.parent
 BUILD_ROOT = Path(os.environ.get("CXLNIC_BUILD", ROOT / "build"))
@@ -67,9 +70,31 @@ def setup_verilator() -> Path:
     return root
 
 
+_ZERO_INIT = re.compile(r"  initial begin\n((?:    (\w+)\[\d+\] = \d+'h0+;\n)+)  end\n")
+
+
+def _compact_zero_init(text: str) -> str:
+    """Amaranth writes a memory's initial value one word per line (``mem[0] = 512'h0...;`` for
+    each of thousands of words), which Verilator turns into megabytes of C++ that take minutes
+    to compile.  An all-zero initialiser becomes a loop over the words: the same values."""
+    n = [0]
+
+    def loop(mt):
+        body, mem = mt.group(1), mt.group(2)
+        if any(not ln.startswith(f"    {mem}[") for ln in body.splitlines()):
+            return mt.group(0)
+        words = body.count("\n")
+        width = body.split("'h", 1)[0].rsplit("= ", 1)[1]
+        n[0] += 1
+        return (f"  initial begin : cxlnic_zero_init_{n[0]}\n    integer k;\n"
+                f"    for (k = 0; k < {words}; k = k + 1) {mem}[k] = {width}'h0;\n  end\n")
+    return _ZERO_INIT.sub(loop, text)
+
+
 def write_verilog(component, name: str, path: Path) -> Path:
-    """Convert ``component`` to Verilog (top module ``name``) at ``path``; rewrite only on change."""
-    text = verilog.convert(component, name=name, emit_src=False)
+    """Convert ``component`` to Verilog (top module ``name``) at ``path``; rewrite only on change.
+    All-zero memory initialisers are written as loops (:func:`_compact_zero_init`)."""
+    text = _compact_zero_init(verilog.convert(component, name=name, emit_src=False))
     path.parent.mkdir(parents=True, exist_ok=True)
     if not path.exists() or path.read_text() != text:
         path.write_text(text)
@@ -78,36 +103,65 @@ def write_verilog(component, name: str, path: Path) -> Path:
 
 def run_cocotb(component, test_module: str, *, toplevel: str = "top", params: str | None = None,
                seed: int | None = None, testcase: str | None = None, extra_env: dict | None = None,
-               build_args: list[str] | None = None, timeout_s: float | None = None) -> Path:
+               build_args: list[str] | None = None, timeout_s: float | None = None,
+               sources: list[Path] = (), public_top_only: bool = False, build_dir: Path | None = None,
+               test_dir: Path | None = None, gen_key: str | None = None) -> Path:
     """Generate Verilog for ``component``, build it with Verilator, run the cocotb ``test_module``.
 
     ``params`` names the parameter set (part of the build directory, so
-    differently-sized builds never share one).  Fails (raises) when any
-    cocotb test fails.  Returns the build directory.
+    differently-sized builds never share one).  ``sources``: more Verilog files
+    (hand-written simulation modules the component instantiates).
+    ``public_top_only``: only the top module's signals are visible to cocotb
+    (instead of every signal, cocotb's default ``--public-flat-rw``), which lets
+    Verilator optimise the design: a much faster build and simulation for a
+    testbench that drives and reads nothing but the top's ports.  ``test_dir``:
+    the simulation's working folder (default: the build folder); runs that
+    share a build in parallel need one each.  The build itself is serialised
+    by a lock file, so parallel pytest workers never build one folder twice.
+    ``gen_key``: with ``component`` a function returning the component, the
+    Verilog is generated only when the key (a digest of everything that
+    shapes the design, see :func:`source_key`) differs from the last build's.  Fails
+    (raises) when any cocotb test fails.  Returns the build directory.
     """
     from cocotb_tools.runner import get_runner
 
     setup_verilator()
     tag = params or "default"
-    build_dir = BUILD_ROOT / "sim_build" / f"{test_module.rsplit('.', 1)[-1]}-{tag}"
-    src = write_verilog(component, toplevel, build_dir / f"{toplevel}.v")
+    build_dir = Path(build_dir) if build_dir else BUILD_ROOT / "sim_build" / f"{test_module.rsplit('.', 1)[-1]}-{tag}"
+    build_dir.mkdir(parents=True, exist_ok=True)
     waves = os.environ.get("WAVES", "0") not in ("", "0")
-    runner = get_runner("verilator")
+    runner = _TopPublicVerilator() if public_top_only else get_runner("verilator")
     args = list(VERILATOR_WAIVERS) + (build_args or [])
-    if waves:
-        args += _wave_args()
-    # the build is stale when the Verilog or the build flags (e.g. WAVES) change
-    digest = hashlib.sha256(src.read_bytes() + repr(args).encode()).hexdigest()[:12]
-    runner.build(sources=[src], hdl_toplevel=toplevel, build_dir=build_dir, build_args=args,
-                 always=_stale(build_dir, digest), waves=waves, timescale=("1ns", "1ps"))
-    (build_dir / ".src-digest").write_text(digest)
+    with _locked(build_dir / ".build-lock"):
+        src = build_dir / f"{toplevel}.v"
+        key_file = build_dir / ".gen-key"
+        if not (gen_key and src.exists() and key_file.exists() and key_file.read_text() == gen_key):
+            write_verilog(component() if gen_key else component, toplevel, src)
+            if gen_key:
+                key_file.write_text(gen_key)
+        if public_top_only:
+            vlt = build_dir / "public_top.vlt"
+            text = f'`verilator_config\npublic_flat_rw -module "{toplevel}" -var "*"\n'
+            if not vlt.exists() or vlt.read_text() != text:
+                vlt.write_text(text)
+            args.append(str(vlt))
+        if waves:
+            args += _wave_args()
+        srcs = [src, *map(Path, sources)]
+        # the build is stale when the Verilog or the build flags (e.g. WAVES) change
+        digest = hashlib.sha256(b"".join(p.read_bytes() for p in srcs) + repr(args).encode()).hexdigest()[:12]
+        runner.build(sources=srcs, hdl_toplevel=toplevel, build_dir=build_dir, build_args=args,
+                     always=_stale(build_dir, digest), waves=waves, timescale=("1ns", "1ps"))
+        (build_dir / ".src-digest").write_text(digest)
+    test_dir = Path(test_dir) if test_dir else build_dir
+    test_dir.mkdir(parents=True, exist_ok=True)
     env = dict(extra_env or {})
     if timeout_s:
         env["CXLNIC_TB_TIMEOUT_S"] = str(timeout_s)
-    results = build_dir / f"results-{testcase or 'all'}.xml"
+    results = test_dir / f"results-{testcase or 'all'}.xml"
     results.unlink(missing_ok=True)
     try:
-        runner.test(test_module=test_module, hdl_toplevel=toplevel, build_dir=build_dir, test_dir=build_dir,
+        runner.test(test_module=test_module, hdl_toplevel=toplevel, build_dir=build_dir, test_dir=test_dir,
                     seed=seed, testcase=testcase, extra_env=env, waves=waves, results_xml=str(results),
                     timescale=("1ns", "1ps"))
     except SystemExit as e:  # cocotb's runner exits on failing tests: report them as a test failure
@@ -115,6 +169,40 @@ def run_cocotb(component, test_module: str, *, toplevel: str = "top", params: st
         raise AssertionError(f"cocotb run failed (exit {e.code}); see {results}") from None
     _check_results(results)
     return build_dir
+
+
+def source_key(*extra) -> str:
+    """A digest of the RTL sources (``hdl/``, ``tb/harness.py``, ``tb/hdl/``, ``cxlnic/config.py``, the
+    table layouts in ``model/``) and ``extra`` (parameters): equal keys generate equal Verilog."""
+    files = sorted([*(ROOT / "hdl").glob("*.py"), *(ROOT / "tb" / "hdl").glob("*.v"), ROOT / "tb" / "harness.py",
+                    ROOT / "cxlnic" / "config.py", *(ROOT / "model").glob("*.py")])
+    h = hashlib.sha256(repr(extra).encode())
+    for f in files:
+        h.update(f.name.encode() + f.read_bytes())
+    return h.hexdigest()[:16]
+
+
+@contextlib.contextmanager
+def _locked(path: Path):
+    """An exclusive lock on ``path`` (a lock file) for the duration of the block."""
+    with open(path, "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _TopPublicVerilator():
+    """cocotb's Verilator runner without ``--public-flat-rw`` (see ``public_top_only``)."""
+    from cocotb_tools.runner import Verilator
+
+    class TopPublic(Verilator):
+        def _build_command(self):
+            cmds = super()._build_command()
+            cmds[0] = [a for a in cmds[0] if a != "--public-flat-rw"]
+            return cmds
+    return TopPublic()
 
 
 def _wave_args() -> list[str]:

@@ -95,11 +95,45 @@ def test_gen_then_sim_with_files(tmp_path, capsys):
     assert main(["gen", "--scenario", "conntrack", "--packets", "500", "-o", str(tmp_path)]) == 0
     assert len(read_pcap(tmp_path / "trace.pcap")) == 500
     out = tmp_path / "sim"
-    assert main(["sim", "--pcap", str(tmp_path / "trace.pcap"), "--rules", str(tmp_path / "rules.of"),
-                 "--out", str(out)]) == 0
+    assert main(["sim", "--model-only", "--pcap", str(tmp_path / "trace.pcap"), "--rules",
+                 str(tmp_path / "rules.of"), "--out", str(out)]) == 0
     doc = json.loads((out / "report.json").read_text())
     assert doc["mode"] == "golden-model" and doc["conservation"]["ok"] and doc["packets"] == 500
     assert "golden model only" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--type", "3"], "TYPE=3: must be 1"),
+    (["--type", "1"], "Type 1 top"),
+    (["--packets", "5"], "at least 20 packets"),
+    (["--burst", "0"], "--burst 0"),
+    (["--scenario", "storms"], "unknown scenario 'storms'"),
+])
+def test_sim_bad_options_fail_before_any_build(tmp_path, capsys, monkeypatch, argv, message):
+    """Every option is checked before Verilog is generated or Verilator runs (nothing is built)."""
+    import cxlnic.tb.harness as harness
+
+    monkeypatch.setattr(harness, "run_system_sim", lambda *a, **k: pytest.fail("the simulation was started"))
+    assert main(["sim", *argv, "--out", str(tmp_path)]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "report.json").exists()
+
+
+def test_sim_bad_pcap_and_rules_fail_before_any_build(tmp_path, capsys, monkeypatch):
+    import cxlnic.tb.harness as harness
+
+    monkeypatch.setattr(harness, "run_system_sim", lambda *a, **k: pytest.fail("the simulation was started"))
+    (tmp_path / "bad.pcap").write_bytes(b"not a pcap at all")
+    (tmp_path / "r.of").write_text("priority=10,ip,nw_dst=10.0.0.1 actions=output:1\n")
+    assert main(["sim", "--pcap", str(tmp_path / "bad.pcap"), "--rules", str(tmp_path / "r.of"),
+                 "--out", str(tmp_path)]) == 2
+    assert "bad.pcap" in capsys.readouterr().err
+    assert main(["gen", "--scenario", "static", "--packets", "50", "-o", str(tmp_path / "g")]) == 0
+    (tmp_path / "bad.of").write_text("priority=10,ip,nw_dst=10.0.0.300 actions=output:1\n")
+    assert main(["sim", "--pcap", str(tmp_path / "g" / "trace.pcap"), "--rules", str(tmp_path / "bad.of"),
+                 "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "bad.of" in err and ":1" in err
 
 
 def test_sim_needs_pcap_and_rules_together(tmp_path, capsys):
