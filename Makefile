@@ -14,6 +14,7 @@ SEED     ?= 1
 PCAP     ?=
 RULES    ?=
 TYPE     ?= 2
+BURST    ?= 1024
 # pytest-xdist workers for make test
 JOBS     ?= auto
 
@@ -22,7 +23,8 @@ JOBS     ?= auto
 all: help
 
 help:
-	@echo "make sim      run the default scenario and print a report (SCENARIO= PACKETS= SEED= PCAP= RULES= TYPE=)"
+	@echo "make sim      the SmartNIC RTL under Verilator against the golden slow path, with a report"
+	@echo "              (SCENARIO= PACKETS= SEED= PCAP= RULES= TYPE= BURST= WAVES=1; docs/system-sim.md)"
 	@echo "make test     unit, property and block tests (JUnit XML in build/test-results.xml)"
 	@echo "make regress  long-seed regression"
 	@echo "make bench    benchmarks -> build/bench/*.json, results.json and docs/performance.md"
@@ -41,7 +43,7 @@ venv: $(STAMP)
 
 sim: $(STAMP)
 	$(PY) -m cxlnic.cli sim --scenario $(SCENARIO) --packets $(PACKETS) --seed $(SEED) \
-		$(if $(PCAP),--pcap $(PCAP)) $(if $(RULES),--rules $(RULES)) --type $(TYPE) --out $(BUILD)/sim
+		$(if $(PCAP),--pcap $(PCAP)) $(if $(RULES),--rules $(RULES)) --type $(TYPE) --burst $(BURST) --out $(BUILD)/sim
 
 test: $(STAMP)
 	@mkdir -p $(BUILD)

@@ -303,7 +303,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_classify)
 
     def scen_opts(p):
-        p.add_argument("--scenario", default="mixed", help="reactive, conntrack, static, malformed, mixed")
+        p.add_argument("--scenario", default="mixed",
+                       help="reactive, conntrack, static, malformed, mixed (sim also: storm, nearfull)")
         p.add_argument("--packets", type=int, default=100_000)
         p.add_argument("--seed", type=int, default=1)
 

@@ -52,7 +52,8 @@ from cxlnic.model.codec import codec
 from cxlnic.model.memory import TableMemory
 
 __all__ = ["CycleLoop", "CocotbIO", "AmaranthIO", "CxlMemHost", "Request", "BackendModel", "DeviceWriter",
-           "CxlTableMemory", "ShadowChecker", "pack", "unpack", "merge_line", "ALL_ONES"]
+           "CxlTableMemory", "ShadowChecker", "pack", "unpack", "merge_line", "ALL_ONES", "SPEED_WORKLOAD",
+           "random_traffic"]
 
 ALL_ONES = (1 << (8 * LINE_BYTES)) - 1
 FULL_BE = (1 << LINE_BYTES) - 1
@@ -841,6 +842,12 @@ class ShadowChecker:
 # ------------------------------------------------------------------------------------------------ random traffic
 
 _CACHING = ("read_A", "read_S", "read_data", "inv_A", "write_keep")
+
+
+#: The fixed workload of the simulator-speed comparison (``scripts/bench_system.py``): agent settings,
+#: seed and the number of lines the traffic covers.
+SPEED_WORKLOAD = {"seed": 5, "lines": 24,
+                  "agents": {"delay": (0, 3), "s2m_ready": 0.8, "latency": (0, 8), "be_ready": 0.8, "ok_ready": 0.8}}
 
 
 async def random_traffic(b, rng, *, n_ops, lines, max_outstanding=24, p_dev=0.05, p_poison=0.01, p_gap=0.15):

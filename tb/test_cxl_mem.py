@@ -126,3 +126,26 @@ async def table_memory_adapter(dut):
     assert Geometry.read(mem) == Geometry.read(ref)
     tb.backend.device_write(n - 1, 12345)       # a device-written line (e.g. counters): refresh reads it
     assert int.from_bytes(await mem.refresh(n - 1), "little") == 12345
+
+
+@cocotb.test()
+async def speed(dut):
+    """The simulation-speed workload of ``scripts/bench_system.py``: :func:`random_traffic` with fixed
+    settings; writes ``{"cycles", "wall_s", "checked"}`` to ``CXLNIC_SPEED_OUT``.  The same workload
+    runs under Amaranth's simulator there (the same agents, :class:`CycleLoop` over :class:`AmaranthIO`)."""
+    import json
+    import time
+
+    from cxlnic.tb.cxl_mem_host import SPEED_WORKLOAD
+    if not os.environ.get("CXLNIC_SPEED_OUT"):
+        return
+    tb = TB(dut, SPEED_WORKLOAD["seed"], **SPEED_WORKLOAD["agents"])
+    await tb.start()
+    c0, t0 = tb.loop.cycle, time.perf_counter()
+    rng = random.Random(SPEED_WORKLOAD["seed"])
+    await random_traffic(tb, rng, n_ops=int(os.environ.get("CXLNIC_SPEED_OPS", "3000")),
+                         lines=[BASE + i for i in range(SPEED_WORKLOAD["lines"])])
+    res = {"cycles": tb.loop.cycle - c0, "wall_s": time.perf_counter() - t0, "checked": tb.checker.checked}
+    assert tb.checker.mismatches == 0 and not tb.host.errors
+    with open(os.environ["CXLNIC_SPEED_OUT"], "w") as f:
+        json.dump(res, f)
