@@ -81,7 +81,10 @@ class CounterBlock(wiring.Component):
     * ``rd`` (counter index) / ``rd_data`` (:class:`~cxlnic.hdl.layouts.Counter`):
       the host read port; one result per request, in request order, exact
       (below).  Reads of an index ``>= n_counters`` return zero without a
-      DRAM access.
+      DRAM access.  ``rd_line`` is valid with ``rd_data``: the exact values of
+      the whole line holding the counter (a :class:`~cxlnic.hdl.layouts.CounterLine`,
+      the four counters as of the same instant), so a host read of a counter line
+      costs one request and one DRAM read.
     * ``flush`` (pulse), ``flush_busy``, ``flush_done``: write-back, below.
     * ``clearing``: high in the first cycle after reset only (the tags are
       invalidated by resetting the dirty bits; nothing is zeroed);
@@ -201,6 +204,7 @@ class CounterBlock(wiring.Component):
             "upd": In(stream.Signature(CounterUpdate(self._idx_bits))),
             "rd": In(stream.Signature(self._idx_bits)),
             "rd_data": Out(stream.Signature(Counter)),
+            "rd_line": Out(LINE_BITS),
             "flush": In(1),
             "flush_busy": Out(1),
             "flush_done": Out(1),
@@ -311,7 +315,7 @@ class CounterBlock(wiring.Component):
         rd_phase = Signal(range(3))
         rd_line = Signal(lb)
         rd_slot = Signal(2)
-        rd_delta = Signal(_COUNTER_BITS)
+        rd_delta = Signal(LINE_BITS)         # the whole line's captured delta
         rd_cnt = Signal(range(depth + 1))  # FIFO entries older than the read not yet popped
 
         # -- S0: arbitration, hit/miss ------------------------------------------------------------
@@ -528,7 +532,9 @@ class CounterBlock(wiring.Component):
                 with m.If(rd_phase == _RD_DRAM):
                     m.d.sync += [
                         self.rd_data.valid.eq(1),
-                        self.rd_data.payload.eq(_lane_add(r_counter, rd_delta, _COUNTER_BITS)),
+                        self.rd_data.payload.eq(_lane_add(r_counter, rd_delta.word_select(rd_slot, _COUNTER_BITS),
+                                                          _COUNTER_BITS)),
+                        self.rd_line.eq(_lane_add(self.m_axi_rdata, rd_delta, LINE_BITS)),
                         rd_phase.eq(_RD_IDLE), rd_busy.eq(0),
                     ]
             with m.Elif(rid < ne):
@@ -542,11 +548,12 @@ class CounterBlock(wiring.Component):
             with m.If(s2["ok"]):
                 m.d.sync += [
                     rd_phase.eq(_RD_WAIT), rd_line.eq(line_of(s2["set"], s2["tag"])), rd_slot.eq(s2["slot"]),
-                    rd_delta.eq(mine.as_value()),
+                    rd_delta.eq(base),
                     rd_cnt.eq(evq.level - pop),
                 ]
             with m.Else():
-                m.d.sync += [self.rd_data.valid.eq(1), self.rd_data.payload.eq(0), rd_busy.eq(0)]
+                m.d.sync += [self.rd_data.valid.eq(1), self.rd_data.payload.eq(0), self.rd_line.eq(0),
+                             rd_busy.eq(0)]
         with m.Elif(pop & (rd_cnt != 0)):
             m.d.sync += rd_cnt.eq(rd_cnt - 1)
 

@@ -519,11 +519,12 @@ class Datapath(wiring.Component):
         mra = self.mr.payload.addr
         is_cnt = Signal()
         m.d.comb += is_cnt.eq((mra >= c_first) & (mra < c_first + c_lines))
-        # counter lines: four exact reads through the counter block, one line at a time
+        # counter lines: one exact read through the counter block per line (its ``rd_line`` is the whole
+        # line, as of one instant), one line at a time
         cl_busy = Signal()
         cl_line = Signal(32)
-        cl_req = Signal(range(5))          # reads issued
-        cl_got = Signal(range(5))          # values received
+        cl_req = Signal()                  # the read was issued
+        cl_got = Signal()                  # its answer arrived
         cl_data = Signal(LINE_BITS)
         # a DRAM read: at most 32 in flight (the response FIFO is reserved at issue)
         dram_credits = Signal(range(33), init=32)
@@ -551,30 +552,24 @@ class Datapath(wiring.Component):
         ]
         with m.If(take_cnt):
             m.d.sync += [cl_busy.eq(1), cl_line.eq(mra - c_first), cl_req.eq(0), cl_got.eq(0)]
-        # the counter block's read port: the line assembly has priority over ``crd``
-        cl_rd = cl_busy & (cl_req != 4)
-        cl_fire = Signal()
-        m.d.comb += cl_fire.eq(cl_rd & cb.rd.ready)
-        own = Signal()                     # rd_data belongs to the line assembly
-        m.d.comb += own.eq(cl_busy & (cl_got != cl_req))
+        # the counter block's read port: the line read has priority over ``crd``
+        cl_rd = cl_busy & ~cl_req
+        own = Signal()                     # rd_data belongs to the line read
+        m.d.comb += own.eq(cl_busy & cl_req & ~cl_got)
         m.d.comb += [
             cb.rd.valid.eq(Mux(cl_busy, cl_rd, self.crd.valid)),
-            cb.rd.payload.eq(Mux(cl_busy, (cl_line << 2) | cl_req[:2], self.crd.payload)),
+            cb.rd.payload.eq(Mux(cl_busy, cl_line << 2, self.crd.payload)),
             self.crd.ready.eq(~cl_busy & cb.rd.ready),
             self.crd_data.valid.eq(cb.rd_data.valid & ~own), self.crd_data.payload.eq(cb.rd_data.payload),
             cb.rd_data.ready.eq(Mux(own, 1, self.crd_data.ready)),
         ]
-        with m.If(cl_fire):
-            m.d.sync += cl_req.eq(cl_req + 1)
+        with m.If(cl_rd & cb.rd.ready):
+            m.d.sync += cl_req.eq(1)
         with m.If(own & cb.rd_data.valid):
-            m.d.sync += cl_got.eq(cl_got + 1)
-            with m.Switch(cl_got):
-                for k in range(4):
-                    with m.Case(k):
-                        m.d.sync += cl_data[128 * k:128 * (k + 1)].eq(cb.rd_data.payload.as_value())
-        with m.If(cl_busy & (cl_got == 4) & cnt_q.w_rdy):
+            m.d.sync += [cl_got.eq(1), cl_data.eq(cb.rd_line)]
+        with m.If(cl_busy & cl_got & cnt_q.w_rdy):
             m.d.sync += cl_busy.eq(0)
-        m.d.comb += [cnt_q.w_en.eq(cl_busy & (cl_got == 4)), cnt_q.w_data.eq(cl_data)]
+        m.d.comb += [cnt_q.w_en.eq(cl_busy & cl_got), cnt_q.w_data.eq(cl_data)]
         # answers in request order
         k_cnt = kinds.r_data[0]
         m.d.comb += [

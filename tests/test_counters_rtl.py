@@ -221,7 +221,11 @@ def rtl_counters(dut, updates, *, reads=(), flushes=(), p_gap=0.2, rd_stall=0.0,
                 run.upd_stalls += 1
             if rd_fire:
                 idx = reads[nread]
-                read_q.append((idx, exp.get(idx, (0, 0))))
+                # rd_line: the whole line of the counter, as of the same instant (zero out of range)
+                base = idx - idx % 4
+                line = 0 if idx >= dut.n_counters else sum(
+                    (p | b << 64) << (128 * j) for j, (p, b) in enumerate(exp.get(base + j, (0, 0)) for j in range(4)))
+                read_q.append((idx, exp.get(idx, (0, 0)), line))
                 nread += 1
             if upd_fire:
                 idx, nb = updates[sent]
@@ -243,9 +247,11 @@ def rtl_counters(dut, updates, *, reads=(), flushes=(), p_gap=0.2, rd_stall=0.0,
                     assert dut.counters_off <= line < dut.counters_off + dut.n_counters // 4, line
                     grant_due[:] = [cyc + rng.randint(1, 10), line]
             if ctx.get(dut.rd_data.valid) and ctx.get(dut.rd_data.ready):
-                idx, want = read_q.pop(0)
+                idx, want, want_line = read_q.pop(0)
                 got = (ctx.get(dut.rd_data.payload.packets), ctx.get(dut.rd_data.payload.bytes))
                 run.reads.append((idx, got, want))
+                got_line = ctx.get(dut.rd_line)
+                assert got_line == want_line, f"rd_line of counter {idx}: {got_line:#x}, model {want_line:#x}"
             dram.sample(ctx, cyc)
             if ctx.get(dut.flush_done):
                 # every update accepted before the last flush pulse is in DRAM (packets only grow here)
