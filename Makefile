@@ -57,6 +57,7 @@ bench: $(STAMP)
 	$(PY) scripts/bench_model.py --out $(BUILD)/bench
 	$(PY) scripts/bench_datapath.py --out $(BUILD)/bench
 	$(PY) scripts/bench_cxl.py --out $(BUILD)/bench
+	$(PY) scripts/bench_system.py --out $(BUILD)/bench
 	$(PY) scripts/perf_report.py --bench $(BUILD)/bench --synth $(BUILD)/synth
 
 synth: $(STAMP)

@@ -104,17 +104,17 @@ def write_verilog(component, name: str, path: Path) -> Path:
 def run_cocotb(component, test_module: str, *, toplevel: str = "top", params: str | None = None,
                seed: int | None = None, testcase: str | None = None, extra_env: dict | None = None,
                build_args: list[str] | None = None, timeout_s: float | None = None,
-               sources: list[Path] = (), public_top_only: bool = False, build_dir: Path | None = None,
+               sources: list[Path] = (), public_top_only: bool = True, build_dir: Path | None = None,
                test_dir: Path | None = None, gen_key: str | None = None) -> Path:
     """Generate Verilog for ``component``, build it with Verilator, run the cocotb ``test_module``.
 
     ``params`` names the parameter set (part of the build directory, so
     differently-sized builds never share one).  ``sources``: more Verilog files
     (hand-written simulation modules the component instantiates).
-    ``public_top_only``: only the top module's signals are visible to cocotb
-    (instead of every signal, cocotb's default ``--public-flat-rw``), which lets
-    Verilator optimise the design: a much faster build and simulation for a
-    testbench that drives and reads nothing but the top's ports.  ``test_dir``:
+    ``public_top_only`` (default): only the top module's signals are visible to
+    cocotb (instead of every signal, cocotb's default ``--public-flat-rw``),
+    which lets Verilator optimise the design: a much faster build and
+    simulation.  Every testbench here drives and reads the top's ports only.  ``test_dir``:
     the simulation's working folder (default: the build folder); runs that
     share a build in parallel need one each.  The build itself is serialised
     by a lock file, so parallel pytest workers never build one folder twice.

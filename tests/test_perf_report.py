@@ -38,6 +38,8 @@ def _inputs(tmp_path, *, synth_complete=True, quick_model=False):
                                            "cxl.mem_ops_per_cycle": _target(0.95, True),
                                            "install.inserts_per_s": _target(8.0e7, True)},
                                "install": {"inserts_per_cycle": 0.32, "load_from": 0.86, "load_to": 0.92}})
+    _write(bench, "system.json", {"targets": {"system.packets_per_wall_s": _target(900.0, False)},
+                                  "verilator_vs_pysim": {"ratio": 6.5}})
     (bench / "cxl_visibility.png").write_bytes(b"\x89PNG\r\n\x1a\nfake")
     _write(synth, "report.json", {"complete": synth_complete, "failed_stage": None if synth_complete else "nextpnr",
                                   "summary": {"fmax_mhz": 150.0}})
@@ -55,6 +57,8 @@ def test_merges_and_renders(tmp_path):
     assert rows["datapath.targets.datapath.cam_packets_per_cycle"]["met"] is False
     assert rows["cxl.targets.cxl.visibility_cycles"]["text"] == "11 cycles"
     assert rows["synth.summary.fmax_mhz"]["met"] is True                       # 150 >= 125
+    assert rows["system.targets.system.packets_per_wall_s"]["met"] is False
+    assert rows["system.verilator_vs_pysim.ratio"]["text"] == "6.5x"
     # the install rate converted at 250 MHz and at the synthesized Fmax (0.32 inserts/cycle)
     assert res["install"]["inserts_per_s"] == pytest.approx(0.32 * 250e6)
     assert res["install"]["inserts_per_s_at_fmax"] == pytest.approx(0.32 * 150e6)
