@@ -143,10 +143,21 @@ def _check_sim_args(args):
         raise CliError("give PCAP and RULES together (or neither, to use the scenario generator)")
     if args.burst < 1:
         raise CliError(f"--burst {args.burst}: must be >= 1")
+    if not args.model_only:
+        # the RTL run simulates one device geometry (tb/harness.py system_config) and ages every 5 s
+        for opt, val, default in (("--buckets", args.buckets, 4096), ("--cam", args.cam, 64),
+                                  ("--age-interval", args.age_interval, 5.0)):
+            if val != default:
+                raise CliError(f"{opt} {val}: only with --model-only (the RTL system simulation has a fixed "
+                               "geometry: docs/system-sim.md)")
     if args.pcap:
         rules, packets = _load_rules(args.rules), _load_pcap(args.pcap)
         if not packets:
             raise CliError(f"{args.pcap}: no packets in the capture")
+        bad = next((n for n, p in enumerate(packets) if not 0 <= p.in_port <= 255), None)
+        if bad is not None:
+            raise CliError(f"{args.pcap}.ports: packet {bad + 1} has in_port {packets[bad].in_port}; "
+                           "the device's ports are 0..255")
         return rules, packets, f"{args.pcap} + {args.rules}"
     scenarios = SYSTEM_SCENARIOS if not args.model_only else ("mixed", "reactive", "conntrack", "static",
                                                                 "malformed")

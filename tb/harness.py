@@ -100,8 +100,10 @@ class SimDram(wiring.Component):
     """A fixed-latency AXI4 memory (one 64-byte line per beat, single-beat bursts).
 
     A read's R beat is presented ``latency`` cycles after its AR handshake (in AR
-    order, one per cycle at most); a write lands at its W handshake (after its AW)
-    and its B follows ``latency`` cycles later.  Up to 64 reads and 64 writes in flight.
+    order, one per cycle at most) with the line as it was at the AR handshake; a
+    write lands at its W handshake (after its AW) and its B follows ``latency``
+    cycles later.  Up to 64 reads and 64 writes in flight.  ``oob`` rises (and
+    stays) when an address beyond ``lines`` is used.
     """
 
     def __init__(self, lines: int, id_bits: int, latency: int):
@@ -114,6 +116,7 @@ class SimDram(wiring.Component):
             "wvalid": In(1), "wready": Out(1), "wdata": In(LINE_BITS), "wstrb": In(LINE_BYTES),
             "bvalid": Out(1), "bready": In(1), "bid": Out(id_bits),
             "cycle": In(32),
+            "oob": Out(1),
         })
         self._id_bits = id_bits
 
@@ -123,17 +126,19 @@ class SimDram(wiring.Component):
         rd = mem.read_port(domain="comb")
         wr = mem.write_port(granularity=8)
         ib, ab = self._id_bits, self._abits
-        m.submodules.rq = rq = SyncFIFOBuffered(width=32 + ib + ab, depth=64)
+        # a read takes its data at the AR handshake (a later write does not change it; RDATA is stable
+        # while RVALID waits for RREADY), and waits in the FIFO until its due cycle
+        m.submodules.rq = rq = SyncFIFOBuffered(width=32 + ib + LINE_BITS, depth=64)
         m.submodules.awq = awq = SyncFIFOBuffered(width=ib + ab, depth=64)
         m.submodules.bq = bq = SyncFIFOBuffered(width=32 + ib, depth=64)
         due = (self.cycle + self.latency)[:32]
         m.d.comb += [
             self.arready.eq(rq.w_rdy),
             rq.w_en.eq(self.arvalid & rq.w_rdy),
-            rq.w_data.eq(Cat(due, self.arid, self.araddr[6:6 + ab])),
-            rd.addr.eq(rq.r_data[32 + ib:]),
+            rd.addr.eq(self.araddr[6:6 + ab]),
+            rq.w_data.eq(Cat(due, self.arid, rd.data)),
             self.rvalid.eq(rq.r_rdy & (rq.r_data[:32] <= self.cycle)),
-            self.rdata.eq(rd.data),
+            self.rdata.eq(rq.r_data[32 + ib:]),
             self.rid.eq(rq.r_data[32:32 + ib]),
             rq.r_en.eq(self.rvalid & self.rready),
             # writes: AW first (or with W), W lands the line and queues B
@@ -151,6 +156,10 @@ class SimDram(wiring.Component):
             self.bid.eq(bq.r_data[32:]),
             bq.r_en.eq(self.bvalid & self.bready),
         ]
+        # sticky: an AR or AW beyond the memory (the DUT addressed outside the table image)
+        with m.If(self.arvalid & self.arready & (self.araddr[6:] >= self.lines)
+                  | self.awvalid & self.awready & (self.awaddr[6:] >= self.lines)):
+            m.d.sync += self.oob.eq(1)
         return m
 
 
@@ -169,7 +178,7 @@ class SystemHarness(wiring.Component):
         self.cfg = nic.cfg
         self.dram_latency = dram_latency
         self.src_depth = src_depth
-        members = {"done": Out(1), "cycle": Out(32), "flush_files": In(1), "out_stall": In(8),
+        members = {"done": Out(1), "cycle": Out(32), "dram_oob": Out(1), "flush_files": In(1), "out_stall": In(8),
                    "nic_flush": In(1), "flush_done": Out(1),
                    "want_frames": In(32), "want_ndr": In(32), "want_drs": In(32),
                    "frames": Out(32), "ndr": Out(32), "drs": Out(32), "visible": Out(32), "bisnp": Out(32),
@@ -265,9 +274,9 @@ class SystemHarness(wiring.Component):
         # -- DRAM ------------------------------------------------------------------------
         id_bits = len(nic.m_axi_arid)
         m.submodules.dram = dram = SimDram(self.cfg.image_lines, id_bits, self.dram_latency)
-        m.d.comb += dram.cycle.eq(cyc)
+        m.d.comb += [dram.cycle.eq(cyc), self.dram_oob.eq(dram.oob)]
         for n, member in dram.signature.members.items():
-            if n == "cycle":
+            if n in ("cycle", "oob"):
                 continue
             port = getattr(nic, f"m_axi_{n}")
             m.d.comb += port.eq(getattr(dram, n)) if member.flow == wiring.Out else getattr(dram, n).eq(port)

@@ -136,6 +136,7 @@ def run_cocotb(component, test_module: str, *, toplevel: str = "top", params: st
         src = build_dir / f"{toplevel}.v"
         key_file = build_dir / ".gen-key"
         if not (gen_key and src.exists() and key_file.exists() and key_file.read_text() == gen_key):
+            key_file.unlink(missing_ok=True)          # an interrupted generation never looks current
             write_verilog(component() if gen_key else component, toplevel, src)
             if gen_key:
                 key_file.write_text(gen_key)
@@ -174,9 +175,11 @@ def run_cocotb(component, test_module: str, *, toplevel: str = "top", params: st
 def source_key(*extra) -> str:
     """A digest of the RTL sources (``hdl/``, ``tb/harness.py``, ``tb/hdl/``, ``cxlnic/config.py``, the
     table layouts in ``model/``) and ``extra`` (parameters): equal keys generate equal Verilog."""
+    import amaranth
+
     files = sorted([*(ROOT / "hdl").glob("*.py"), *(ROOT / "tb" / "hdl").glob("*.v"), ROOT / "tb" / "harness.py",
-                    ROOT / "cxlnic" / "config.py", *(ROOT / "model").glob("*.py")])
-    h = hashlib.sha256(repr(extra).encode())
+                    ROOT / "tb" / "sim.py", ROOT / "cxlnic" / "config.py", *(ROOT / "model").glob("*.py")])
+    h = hashlib.sha256(repr((extra, amaranth.__version__)).encode())
     for f in files:
         h.update(f.name.encode() + f.read_bytes())
     return h.hexdigest()[:16]

@@ -98,6 +98,8 @@ _FULL_BE = (1 << LINE_BYTES) - 1
 _LINE_MASK = (1 << 8 * LINE_BYTES) - 1
 
 
+#: Words a harness source holds (tb/harness.py ``src_depth``).
+SRC_DEPTH = 1 << 16
 #: Cycles without any stream moving after which a burst is declared stuck.
 WATCHDOG = 20_000
 #: Most words played in one go (the harness sources hold 65536; tags are 16 bits).
@@ -173,6 +175,8 @@ class SystemTB:
         self._partial = {"out": None, "upcall": None}
         self.cycles_total = 0
         self.rtl_wall = 0.0                 # wall seconds spent simulating (the rest is Python)
+        self.errors: list[str] = []         # protocol errors seen on the output streams
+        self._oob = False
 
     async def reset(self) -> None:
         d = self.dut
@@ -232,6 +236,8 @@ class SystemTB:
         for name, words in (("rx", rx), ("ri", ri), ("m2s", m2s)):
             if not words:
                 continue
+            if len(words) > SRC_DEPTH:
+                raise ValueError(f"{what}: {len(words)} {name} words in one burst, the harness holds {SRC_DEPTH}")
             path = self.dir / SOURCES[name][1]
             path.write_text("".join(f"{w:x}\n" for w in words))
             getattr(d, f"{name}_count").value = len(words)
@@ -260,8 +266,16 @@ class SystemTB:
         d.flush_files.value = 0
         b = self._collect()
         b.start, b.cycles = start, end - start
-        # the next targets count from what the device really sent (e.g. reads answered with an NDR too)
-        t.frames, t.ndr, t.drs = int(d.frames.value), int(d.ndr.value), int(d.drs.value)
+        # every frame the device sent was expected (extra ones would be in the records too, but a burst
+        # that expects none must see none); NDRs and DRSs are checked by the callers
+        got = int(d.frames.value)
+        if got != t.frames:
+            self.errors.append(f"{what}: the device sent {got - (t.frames - frames)} frames, {frames} expected")
+        t.frames = got
+        t.ndr, t.drs = int(d.ndr.value), int(d.drs.value)
+        if int(d.dram_oob.value) and not self._oob:
+            self._oob = True
+            self.errors.append(f"{what}: the device addressed DRAM beyond the table image")
         self.cycles_total += b.cycles
         return b
 
@@ -297,13 +311,23 @@ class SystemTB:
             tag_off = o["out_port"] if name == "out" else o["reason"]
             dst = getattr(b, name)
             cur = self._partial[name]
+            tmask = 0xFF if name == "out" else 0xF
             for cyc, v in self._lines(name):
-                n = ((v >> k) & _KEEP_ALL).bit_count()
+                keep = (v >> k) & _KEEP_ALL
+                n = keep.bit_count()
+                last = v >> la & 1
+                if keep != (1 << n) - 1 or not last and n != BEAT_BYTES:
+                    self.errors.append(f"{name} beat at cycle {cyc}: keep {keep:#x} (must be all ones before the "
+                                       f"last beat and a prefix on it)")
                 chunk = ((v >> d) & ((1 << 8 * BEAT_BYTES) - 1)).to_bytes(BEAT_BYTES, "little")[:n]
+                tag = (v >> tag_off) & tmask
                 if cur is None:
-                    cur = [cyc, (v >> tag_off) & (0xFF if name == "out" else 0xF), bytearray()]
+                    cur = [cyc, tag, bytearray()]
+                elif tag != cur[1]:
+                    self.errors.append(f"{name} frame from cycle {cur[0]}: {'port' if name == 'out' else 'reason'} "
+                                       f"changes from {cur[1]} to {tag} at cycle {cyc}")
                 cur[2] += chunk
-                if v >> la & 1:
+                if last:
                     dst.append((cur[0], cur[1], bytes(cur[2])))
                     cur = None
             self._partial[name] = cur
@@ -312,7 +336,12 @@ class SystemTB:
         o = _SINK_OFFS["ndr"]
         b.ndr = [(c, v >> o["opcode"] & 7, v >> o["tag"] & 0xFFFF) for c, v in self._lines("ndr")]
         o = _SINK_OFFS["drs"]
-        b.drs = [(c, v >> o["tag"] & 0xFFFF, v >> o["data"] & _LINE_MASK) for c, v in self._lines("drs")]
+        b.drs = []
+        for c, v in self._lines("drs"):
+            if v >> o["opcode"] & 7 != 0 or v >> o["poison"] & 1:
+                self.errors.append(f"DRS at cycle {c}: opcode {v >> o['opcode'] & 7}, poison {v >> o['poison'] & 1} "
+                                   "(every read here is of a mapped, clean line: MemData, no poison)")
+            b.drs.append((c, v >> o["tag"] & 0xFFFF, v >> o["data"] & _LINE_MASK))
         b.vis = [(c, v) for c, v in self._lines("vis")]
         b.rxlast = [c for c, _v in self._lines("rxlast")]
         return b
@@ -320,11 +349,27 @@ class SystemTB:
     async def write_lines(self, writes, *, what="table writes") -> None:
         """MemWr every ``(line, bytes)``; waits for every Cmp."""
         for s in range(0, len(writes), CHUNK):
-            words = [self.write_word(line, raw) for line, raw in writes[s:s + CHUNK]]
+            words, tags = [], []
+            for line, raw in writes[s:s + CHUNK]:
+                words.append(self.write_word(line, raw))
+                tags.append(self.tag)
             b = await self.play(m2s=words, ndr=len(words), what=what)
-            bad = [r for r in b.ndr if r[1] != 0]
-            if bad:
-                raise AssertionError(f"{what}: {len(bad)} NDRs that are not Cmp: {bad[:3]}")
+            self.check_ndr(what, b, tags)
+            self.check_no_frames(what, b)
+
+    def check_ndr(self, what, b: Burst, tags) -> None:
+        """The burst's NDRs are exactly one Cmp per write, with the writes' tags."""
+        bad = [r for r in b.ndr if r[1] != 0]
+        if bad:
+            self.errors.append(f"{what}: {len(bad)} NDRs that are not Cmp: {bad[:3]}")
+        if sorted(r[2] for r in b.ndr) != sorted(tags):
+            self.errors.append(f"{what}: NDR tags {sorted(r[2] for r in b.ndr)[:8]}.. are not the "
+                               f"{len(tags)} writes' tags {sorted(tags)[:8]}..")
+
+    def check_no_frames(self, what, b: Burst) -> None:
+        if b.out or b.upcall or b.drop or any(self._partial.values()):
+            self.errors.append(f"{what}: frames came out while none was sent: {len(b.out)} out, "
+                               f"{len(b.upcall)} upcalls, {len(b.drop)} drops")
 
     async def read_lines(self, lines, what="reads") -> list[bytes]:
         """MemRd each line (No-Op, SnpCur: the host caches nothing); the data in request order."""
@@ -338,6 +383,11 @@ class SystemTB:
             words.append(self.read_word(line))
             tags.append(self.tag)
         b = await self.play(m2s=words, drs=len(words), ndr=0, what=what)
+        self.check_no_frames(what, b)
+        if len(b.drs) != len(words):
+            self.errors.append(f"{what}: {len(b.drs)} DRS for {len(words)} reads")
+        if any(r[2] not in tags for r in b.ndr):
+            self.errors.append(f"{what}: an NDR whose tag no read carried")
         by_tag = {}
         for _c, tag, dat in b.drs:
             by_tag.setdefault(tag, []).append(dat)
@@ -424,13 +474,18 @@ def percentiles(xs) -> dict:
 
 
 def _epochs(trace, burst: int, span: float):
-    """``(index of first packet, packets)`` of each epoch: at most ``burst`` packets, all within
-    ``span`` seconds of the epoch's first (the host's slow path answers every ``span`` at most)."""
+    """``(index of first packet, packets)`` of each epoch: at most ``burst`` packets and
+    ``SRC_DEPTH // 2`` beats, all within ``span`` seconds of the epoch's first (the host's slow path
+    answers every ``span`` at most)."""
     start = 0
     while start < len(trace):
         t_end = trace[start].time + span
         end = start + 1
+        beats = -(-len(trace[start].frame) // BEAT_BYTES)
         while end < len(trace) and end - start < burst and trace[end].time < t_end:
+            beats += max(1, -(-len(trace[end].frame) // BEAT_BYTES))
+            if beats > SRC_DEPTH // 2:
+                break
             end += 1
         yield start, trace[start:end]
         start = end
@@ -449,7 +504,8 @@ async def run_system(dut, *, scenario: str, packets: int, seed: int, burst: int 
     cfg = system_config()
     cap = int(os.environ["CXLNIC_CAP_BYTES"])
     if pcap:
-        rule_list, trace = load_rules(Path(rules)), read_pcap(Path(pcap))
+        rule_list = load_rules(Path(rules))
+        trace = sorted(read_pcap(Path(pcap)), key=lambda p: p.time)     # as cxlnic sim checked it (stable)
         source = f"{pcap} + {rules}"
     else:
         base = {"storm": "reactive", "nearfull": "reactive"}.get(scenario, scenario)
@@ -601,10 +657,14 @@ async def run_system(dut, *, scenario: str, packets: int, seed: int, burst: int 
                     slow["gated_fast"] += e.path == "flow"
         gate_ri = tb.tot.ndr + len(writes)
         ri_words = [wd | gate_ri << _RI["gate"] for wd in ri_words]
-        wwords = [tb.write_word(line, raw) for line, raw in writes]
+        wwords, wtags = [], []
+        for line, raw in writes:
+            wwords.append(tb.write_word(line, raw))
+            wtags.append(tb.tag)
         if wwords or ri_words or extra_rx:
             b2 = await tb.play(m2s=wwords, ri=ri_words, rx=extra_rx, ndr=len(wwords),
                                frames=len(ri_exp) + len(extra_exp), what=f"slow path after frame {start}")
+            tb.check_ndr(f"slow path after frame {start}", b2, wtags)
             writes_total += len(wwords)
             slow["reinjected"] += len(ri_exp)
             rx_exp = extra_exp
@@ -623,7 +683,12 @@ async def run_system(dut, *, scenario: str, packets: int, seed: int, burst: int 
         print(file=sys.stderr)
 
     # 3. the end: every counter line and every table line through CXL.mem
-    n_ctr = await _check_counters(tb, sp, sb, "end of run", rng, sample=512)
+    n_ctr = await _check_counters(tb, sp, sb, "end of run", rng, sample=(sp.counters.n + 3) // 4)
+    # nothing more comes out once the run is over
+    b = await tb.play(what="end of run (quiet)", drain=2000)
+    tb.check_no_frames("end of run", b)
+    for e in tb.errors:
+        sb._bad("device protocol", e)
     end = sp.geom.counters_off
     lines = list(range(end))
     got = await tb.read_lines(lines, what="table read-back")

@@ -108,6 +108,8 @@ def test_gen_then_sim_with_files(tmp_path, capsys):
     (["--packets", "5"], "at least 20 packets"),
     (["--burst", "0"], "--burst 0"),
     (["--scenario", "storms"], "unknown scenario 'storms'"),
+    (["--buckets", "1024"], "--buckets 1024: only with --model-only"),
+    (["--age-interval", "0"], "--age-interval 0.0: only with --model-only"),
 ])
 def test_sim_bad_options_fail_before_any_build(tmp_path, capsys, monkeypatch, argv, message):
     """Every option is checked before Verilog is generated or Verilator runs (nothing is built)."""
