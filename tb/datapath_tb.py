@@ -26,11 +26,12 @@ from cxlnic.hdl.datapath import STATS, DropInfo, DropReason, MemWrite, OutBeat, 
 from cxlnic.hdl.layouts import LINE_BYTES
 from cxlnic.hdl.parser import BEAT_BYTES, Beat
 from cxlnic.model.actions import Verdict
+from cxlnic.model.counters import CLINE
 from cxlnic.model.slowpath import Path, SlowPath, Upcall
 from cxlnic.tb.common import clock_and_reset, frame_beats
 from cxlnic.tb.cxl_mem_host import CocotbIO
 
-__all__ = ["Expect", "DatapathTB", "expect_rx", "expect_reinject", "UPCALL_REASONS"]
+__all__ = ["Expect", "DatapathTB", "expect_rx", "expect_reinject", "counter_line", "UPCALL_REASONS"]
 
 #: The model's upcall names -> the RTL's reason codes.
 UPCALL_REASONS = {"exception": UpcallReason.EXCEPTION, "flow_state": UpcallReason.FLOW_STATE,
@@ -84,6 +85,16 @@ def expect_reinject(sp: SlowPath, frame: bytes, action: int, counter: int | None
     if action >= sp.cfg.n_actions:
         return Expect("drop", int(DropReason.BAD_REINJECT), None, "reinject")
     return _dest(sp.execute(frame, action, counter), 0)
+
+
+def counter_line(sp: SlowPath, line: int) -> bytes:
+    """Counter line ``line`` of the region as the model's counters say (the table format)."""
+    rec = CLINE.new()
+    for j in range(4):
+        i = line * 4 + j
+        if i < sp.counters.n:
+            rec.counters[j].packets, rec.counters[j].bytes = (v & (2**64 - 1) for v in sp.counters.get(i))
+    return CLINE.to_bytes(rec)
 
 
 class FixedLatencyDram:

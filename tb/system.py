@@ -56,13 +56,12 @@ from cxlnic.hdl.datapath import UpcallReason
 from cxlnic.hdl.layouts import LINE_BYTES
 from cxlnic.hdl.parser import BEAT_BYTES
 from cxlnic.model.actions import Verdict
-from cxlnic.model.counters import CLINE
 from cxlnic.model.flowtable import FKEY
 from cxlnic.model.memory import BytearrayMemory, format_image
 from cxlnic.model.slowpath import FENTRY, SlowPath, Upcall
 from cxlnic.model.slowpath import Path as DPath
 from cxlnic.tb.common import CLOCK_NS, clock_and_reset
-from cxlnic.tb.datapath_tb import UPCALL_REASONS, Expect, _dest
+from cxlnic.tb.datapath_tb import UPCALL_REASONS, Expect, _dest, counter_line
 from cxlnic.tb.harness import (
     DRAM_LATENCY,
     HDM_BASE,
@@ -400,15 +399,6 @@ class SystemTB:
 
 
 # ------------------------------------------------------------------------------------------- the run
-def _counter_line(sp: SlowPath, k: int) -> bytes:
-    rec = CLINE.new()
-    for j in range(4):
-        i = k * 4 + j
-        if i < sp.counters.n:
-            rec.counters[j].packets, rec.counters[j].bytes = (v & (2**64 - 1) for v in sp.counters.get(i))
-    return CLINE.to_bytes(rec)
-
-
 def _fid(key) -> int:
     return FKEY.pack(key.flow)
 
@@ -778,7 +768,7 @@ async def _check_counters(tb: SystemTB, sp: SlowPath, sb: Scoreboard, what: str,
     ks = sorted(set(hot) | set(rng.sample(range(n_lines), min(sample, n_lines))))
     lines = [g.counters_off + k for k in ks]
     got = await tb.read_lines(lines, what=f"counter read ({what})")
-    sb.lines(f"counters {what}", "counter_lines", lines, got, [_counter_line(sp, k) for k in ks])
+    sb.lines(f"counters {what}", "counter_lines", lines, got, [counter_line(sp, k) for k in ks])
     return 4 * len(ks)
 
 

@@ -35,14 +35,13 @@ from cocotb.triggers import RisingEdge
 
 from cxlnic.hdl.cxl_mem import CXL_MEM_STATS
 from cxlnic.hdl.layouts import LINE_BYTES
-from cxlnic.model.counters import CLINE
 from cxlnic.model.flowtable import FKEY, TableFull
 from cxlnic.model.memory import format_image
 from cxlnic.model.rulelang import parse_rules
 from cxlnic.model.scenario import generate
 from cxlnic.model.slowpath import FENTRY, SlowPath, Upcall
 from cxlnic.tb.cxl_mem_host import CxlMemHost, CxlTableMemory
-from cxlnic.tb.datapath_tb import DatapathTB, expect_rx
+from cxlnic.tb.datapath_tb import DatapathTB, counter_line, expect_rx
 from cxlnic.tb.test_datapath import PACKETS, check_streams, compare, run_and_check, tb_config
 
 HOP = int(os.environ.get("CXLNIC_HOP", "4"))          # per-hop delay of every CXL message, cycles
@@ -73,16 +72,6 @@ class SmartNicTB(DatapathTB):
     def mem_stats(self) -> dict:
         w = self.dut.mem_stats.value.to_unsigned()
         return {n: w >> (32 * k) & 0xFFFFFFFF for k, n in enumerate(CXL_MEM_STATS)}
-
-
-def counter_line(sp: SlowPath, line: int) -> bytes:
-    """Counter line ``line`` of the region as the model's counters say (the table format)."""
-    rec = CLINE.new()
-    for j in range(4):
-        i = line * 4 + j
-        if i < sp.counters.n:
-            rec.counters[j].packets, rec.counters[j].bytes = (v & (2**64 - 1) for v in sp.counters.get(i))
-    return CLINE.to_bytes(rec)
 
 
 async def setup(dut, seed, stall, *, warm=0.5, **kw):
