@@ -145,6 +145,7 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     if a.packets < 20 or a.ops < 10 or a.speed_packets < 20:
         ap.error("--packets and --speed-packets must be >= 20, --ops >= 10")
+    a.out = a.out.resolve()                 # the simulations run in their own folders
     a.out.mkdir(parents=True, exist_ok=True)
     load_start, t0 = loadavg(), time.monotonic()
     log("system harness speed (Verilator build on first use)")

@@ -77,6 +77,8 @@ def run_system_sim(env: dict, *, build_dir: Path | None = None, seed: int = 1, t
 
     cfg = system_config()
     env = {"CXLNIC_CAP_BYTES": str(frame_cap_beats(cfg) * BEAT_BYTES), **env}
+    if env.get("CXLNIC_SIM_OUT"):                 # the simulation runs in its own folder: absolute paths
+        env["CXLNIC_SIM_OUT"] = str(Path(env["CXLNIC_SIM_OUT"]).resolve())
     run_dir = Path(env["CXLNIC_SIM_OUT"]) / "run" if env.get("CXLNIC_SIM_OUT") else None
     key = source_key(repr(cfg), SYSTEM_BUILD, DRAM_LATENCY)
     run_cocotb(system_harness, "cxlnic.tb.test_system", gen_key=key, params="system", sources=[VERILOG_IO],
