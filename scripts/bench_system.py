@@ -80,27 +80,12 @@ def cxl_mem_pysim(ops: int) -> dict:
     from amaranth.sim import Simulator
 
     from cxlnic.hdl.cxl_mem import CxlMemSubordinate
-    from cxlnic.tb.cxl_mem_host import (
-        SPEED_WORKLOAD,
-        AmaranthIO,
-        BackendModel,
-        CxlMemHost,
-        CycleLoop,
-        DeviceWriter,
-        ShadowChecker,
-        random_traffic,
-    )
+    from cxlnic.tb.cxl_mem_host import SPEED_WORKLOAD, AmaranthIO, CycleLoop, host_agents, random_traffic
     from cxlnic.tb.test_cxl_mem import BASE, SIZE
 
     w = SPEED_WORKLOAD
     dut = CxlMemSubordinate(depth=32, filter_entries=16)
-    rng = random.Random(w["seed"])
-    ag = w["agents"]
-    host = CxlMemHost(rng=random.Random(rng.getrandbits(32)), delay=ag["delay"], s2m_ready=ag["s2m_ready"],
-                      hdm=(BASE, SIZE))
-    backend = BackendModel(rng=random.Random(rng.getrandbits(32)), latency=ag["latency"], ready=ag["be_ready"])
-    dev = DeviceWriter(backend, rng=random.Random(rng.getrandbits(32)), ok_ready=ag["ok_ready"])
-    checker = ShadowChecker(host, dev)
+    host, backend, dev, checker = host_agents(w["seed"], (BASE, SIZE), **w["agents"])
     loop = CycleLoop(AmaranthIO(dut), [host, backend, dev])
     res = {}
 

@@ -53,7 +53,7 @@ from cxlnic.model.memory import TableMemory
 
 __all__ = ["CycleLoop", "CocotbIO", "AmaranthIO", "CxlMemHost", "Request", "BackendModel", "DeviceWriter",
            "CxlTableMemory", "ShadowChecker", "pack", "unpack", "merge_line", "ALL_ONES", "SPEED_WORKLOAD",
-           "random_traffic"]
+           "random_traffic", "host_agents"]
 
 ALL_ONES = (1 << (8 * LINE_BYTES)) - 1
 FULL_BE = (1 << LINE_BYTES) - 1
@@ -848,6 +848,17 @@ _CACHING = ("read_A", "read_S", "read_data", "inv_A", "write_keep")
 #: seed and the number of lines the traffic covers.
 SPEED_WORKLOAD = {"seed": 5, "lines": 24,
                   "agents": {"delay": (0, 3), "s2m_ready": 0.8, "latency": (0, 8), "be_ready": 0.8, "ok_ready": 0.8}}
+
+
+def host_agents(seed: int, hdm: tuple[int, int], *, delay=(0, 4), s2m_ready=0.8, latency=(0, 10), be_ready=0.8,
+                ok_ready=0.8):
+    """``(host, backend, device writer, checker)`` for a CxlMemSubordinate test, their random streams
+    drawn from ``seed`` in a fixed order: the same seed gives the same traffic under either simulator."""
+    rng = random.Random(seed)
+    host = CxlMemHost(rng=random.Random(rng.getrandbits(32)), delay=delay, s2m_ready=s2m_ready, hdm=hdm)
+    backend = BackendModel(rng=random.Random(rng.getrandbits(32)), latency=latency, ready=be_ready)
+    dev = DeviceWriter(backend, rng=random.Random(rng.getrandbits(32)), ok_ready=ok_ready)
+    return host, backend, dev, ShadowChecker(host, dev)
 
 
 async def random_traffic(b, rng, *, n_ops, lines, max_outstanding=24, p_dev=0.05, p_poison=0.01, p_gap=0.15):

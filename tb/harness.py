@@ -10,8 +10,8 @@ work into the simulated design so the testbench only acts between bursts:
   until that many S2M NDR messages (Cmp of host writes) have left the device,
   which is how a frame is sent "right after its flow's install completed"
   without Python watching the cycle;
-* each output stream (output frames, upcalls, drops, S2M NDR and DRS, the
-  write-visible pulses, and the cycle of each received frame's last beat) is
+* each output stream (output frames, upcalls, drops, S2M NDR and DRS, and the
+  write-visible pulses) is
   appended by a ``cxlnic_hexsink`` to a text file, each record stamped with
   the cycle, read back by Python after the burst;
 * the device DRAM is :class:`SimDram`, a fixed-latency AXI4 memory;
@@ -94,8 +94,7 @@ M2SWord = data.StructLayout({"is_rwd": 1, "req": M2SReq, "rwd": M2SRwD, "gate": 
 SOURCES = {"rx": (RxWord, "rx.hex"), "ri": (ReinjectWord, "reinject.hex"), "m2s": (M2SWord, "m2s.hex")}
 #: sink name -> (record layout without the cycle stamp, file); every record is {cycle: 32, rec}
 SINKS = {"out": (OutBeat, "out.txt"), "upcall": (UpcallBeat, "upcall.txt"), "drop": (DropInfo, "drop.txt"),
-         "ndr": (S2MNDR, "ndr.txt"), "drs": (S2MDRS, "drs.txt"), "vis": (data.StructLayout({"addr": 32}), "vis.txt"),
-         "rxlast": (data.StructLayout({"pos": 32}), "rxlast.txt")}
+         "ndr": (S2MNDR, "ndr.txt"), "drs": (S2MDRS, "drs.txt"), "vis": (data.StructLayout({"addr": 32}), "vis.txt")}
 
 
 class SimDram(wiring.Component):
@@ -248,12 +247,11 @@ class SystemHarness(wiring.Component):
             m.d.comb += st.ready.eq(sink_ready)
             fire[name] = st.valid & st.ready
         logged = dict(streams)
-        vis, rxl = Signal(32), Signal(32)
-        m.d.comb += [vis.eq(nic.wr_visible_addr), rxl.eq(self.rx_pos)]
+        vis = Signal(32)
+        m.d.comb += vis.eq(nic.wr_visible_addr)
         fire["vis"] = nic.wr_visible
-        fire["rxlast"] = nic.i.valid & nic.i.ready & nic.i.payload.last
         for name, (layout, fname) in SINKS.items():
-            payload = logged[name].payload if name in logged else (vis if name == "vis" else rxl)
+            payload = logged[name].payload if name in logged else vis
             m.submodules[f"sink_{name}"] = Instance(
                 "cxlnic_hexsink", p_W=32 + data.Layout.cast(layout).size, p_FILE=fname, i_clk=ClockSignal(),
                 i_valid=fire[name], i_ready=1, i_data=Cat(cyc, payload), i_flush=self.flush_files)

@@ -156,7 +156,6 @@ class Burst:
     ndr: list = field(default_factory=list)        # (cycle, opcode, tag)
     drs: list = field(default_factory=list)        # (cycle, tag, data)
     vis: list = field(default_factory=list)        # (cycle, line)
-    rxlast: list = field(default_factory=list)     # cycle
     cycles: int = 0
     start: int = 0
 
@@ -172,7 +171,6 @@ class SystemTB:
         self.tag = 0
         self._files = {}
         self._partial = {"out": None, "upcall": None}
-        self.cycles_total = 0
         self.rtl_wall = 0.0                 # wall seconds spent simulating (the rest is Python)
         self.errors: list[str] = []         # protocol errors seen on the output streams
         self._oob = False
@@ -275,7 +273,6 @@ class SystemTB:
         if int(d.dram_oob.value) and not self._oob:
             self._oob = True
             self.errors.append(f"{what}: the device addressed DRAM beyond the table image")
-        self.cycles_total += b.cycles
         return b
 
     def _progress(self) -> tuple:
@@ -342,7 +339,6 @@ class SystemTB:
                                    "(every read here is of a mapped, clean line: MemData, no poison)")
             b.drs.append((c, v >> o["tag"] & 0xFFFF, v >> o["data"] & _LINE_MASK))
         b.vis = [(c, v) for c, v in self._lines("vis")]
-        b.rxlast = [c for c, _v in self._lines("rxlast")]
         return b
 
     async def write_lines(self, writes, *, what="table writes") -> None:
@@ -357,7 +353,10 @@ class SystemTB:
             self.check_no_frames(what, b)
 
     def check_ndr(self, what, b: Burst, tags) -> None:
-        """The burst's NDRs are exactly one Cmp per write, with the writes' tags."""
+        """The burst's NDRs are exactly one Cmp per write, with the writes' tags, and each write was
+        made visible to the datapath exactly once (``wr_visible``)."""
+        if len(b.vis) != len(tags):
+            self.errors.append(f"{what}: {len(b.vis)} write-visible pulses for {len(tags)} writes")
         bad = [r for r in b.ndr if r[1] != 0]
         if bad:
             self.errors.append(f"{what}: {len(bad)} NDRs that are not Cmp: {bad[:3]}")

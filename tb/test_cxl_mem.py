@@ -22,13 +22,10 @@ from cxlnic.hdl.cxl_mem import CXL_MEM_STATS
 from cxlnic.hdl.layouts import LINE_BYTES
 from cxlnic.tb.common import clock_and_reset
 from cxlnic.tb.cxl_mem_host import (
-    BackendModel,
     CocotbIO,
-    CxlMemHost,
     CxlTableMemory,
     CycleLoop,
-    DeviceWriter,
-    ShadowChecker,
+    host_agents,
     random_traffic,
 )
 
@@ -39,12 +36,9 @@ BASE, SIZE = 0x10000, 0x4000
 class TB:
     def __init__(self, dut, seed, *, delay=(0, 4), s2m_ready=0.8, latency=(0, 10), be_ready=0.8, ok_ready=0.8):
         self.dut = dut
-        rng = random.Random(seed)
-        self.host = CxlMemHost(rng=random.Random(rng.getrandbits(32)), delay=delay, s2m_ready=s2m_ready,
-                               hdm=(BASE, SIZE))
-        self.backend = BackendModel(rng=random.Random(rng.getrandbits(32)), latency=latency, ready=be_ready)
-        self.dev = DeviceWriter(self.backend, rng=random.Random(rng.getrandbits(32)), ok_ready=ok_ready)
-        self.checker = ShadowChecker(self.host, self.dev)
+        self.host, self.backend, self.dev, self.checker = host_agents(
+            seed, (BASE, SIZE), delay=delay, s2m_ready=s2m_ready, latency=latency, be_ready=be_ready,
+            ok_ready=ok_ready)
         self.loop = CycleLoop(CocotbIO(dut), [self.host, self.backend, self.dev])
 
     async def start(self):
