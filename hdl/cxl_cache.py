@@ -130,8 +130,8 @@ STATS = ("hits", "misses", "snoops", "evictions", "bogus", "errors")
 _LINE_IDX = 32                   # AXI byte address = relative line << 6, 32-bit line indices
 _SLVERR = 2
 
-# Tracker kinds (what the CQID's request is).
-_K_RDSH, _K_RDCURR, _K_RDOWN, _K_ITOM, _K_DEV, _K_CEV, _K_CEVND = range(7)
+# Tracker kinds (what the CQID's request is).  _K_RDTRK: a RdShared of a tracked line (no way, no fill).
+_K_RDSH, _K_RDCURR, _K_RDOWN, _K_ITOM, _K_DEV, _K_CEV, _K_CEVND, _K_RDTRK = range(8)
 
 
 def _first(m, bits, name):
@@ -143,6 +143,20 @@ def _first(m, bits, name):
     anyb = Signal(name=f"{name}_any")
     m.d.comb += anyb.eq(Cat(*bits).any())
     return anyb, idx
+
+
+def _line_range(name, v):
+    if (not isinstance(v, tuple) or len(v) != 2
+            or not all(isinstance(x, int) and not isinstance(x, bool) and 0 <= x <= 1 << _LINE_IDX for x in v)
+            or v[0] > v[1]):
+        raise ValueError(f"{name} = {v!r}: must be a (lo, hi) range of relative lines")
+
+
+def _in_range(x, lo, hi):
+    """1-bit value: ``lo <= x < hi`` (constant 0 for an empty range)."""
+    if hi <= lo:
+        return Const(0, 1)
+    return ((x >= lo) if lo else 1) & (x < hi)
 
 
 def _pow2(name, v, lo, hi):
@@ -182,12 +196,31 @@ class CxlCacheAgent(wiring.Component):
     state Err and GO_ERR_WritePull are counted in ``errors``, never
     installed, and answered with SLVERR (``rresp``/``bresp`` = 2).
 
+    Tracked region ``track`` = (lo, hi) (relative lines, disjoint from
+    ``nocache``): lines the datapath mirrors on chip (CAM rules, action
+    table, hash key, bucket cache).  They are never looked up in or
+    allocated into the data array (no hits, no evicts); the agent keeps one
+    bit per line instead ("the device holds it in S/E"), cleared at reset.
+    A read always issues RdShared (also with ``read_any``: the device never
+    writes these lines, so it never asks for ownership), returns the host's
+    data on R, and sets the bit when the GO is S, E or M and the data is
+    clean (otherwise SLVERR, ``errors``, bit unchanged); ``misses`` counts
+    these reads.  A write is refused: B = SLVERR, ``errors``, nothing sent.
+    Snoops are answered from the bit: set → SnpInv RspIHitSE (bit cleared,
+    ``inval`` entry), SnpData RspSHitSE, SnpCur RspVHitV; clear → RspIHitI;
+    never data.  A snoop of a tracked line waits while a read of the line
+    has its GO but not its R, and while that R is still in the R register,
+    so the R of a read always leaves before the ``inval`` entry of a snoop
+    that took the line after the read's GO; a read issued after that entry
+    goes to the host again and is ordered after the host's write.
+
     ``inval`` (relative line, 32 bits): one entry for every line a snoop
-    takes from the device (S/E/M → I, or a pending evict snooped), in snoop
-    order; a full ``inval`` FIFO (4 entries) holds snoop processing back.
-    ``hits``, ``misses``, ``snoops``, ``evictions``, ``bogus``, ``errors``:
-    32-bit wrapping counts.  ``clearing`` is high while the tags are reset
-    (``sets`` cycles after reset), with no AXI request or snoop accepted.
+    takes from the device (S/E/M → I, a pending evict snooped, or a tracked
+    line's bit cleared by SnpInv), in snoop order; a full ``inval`` FIFO (4
+    entries) holds snoop processing back.  ``hits``, ``misses``, ``snoops``,
+    ``evictions``, ``bogus``, ``errors``: 32-bit wrapping counts.
+    ``clearing`` is high while the tags and track bits are reset (max(``sets``,
+    hi − lo) cycles after reset), with no AXI request or snoop accepted.
 
     One engine serves every event (a fill, a snoop, a write-pull, a response,
     an AXI request) in 2–4 cycles each; the channel handlers for H2D Rsp and
@@ -196,8 +229,8 @@ class CxlCacheAgent(wiring.Component):
 
     @checked_init
     def __init__(self, *, sets: int = 64, ways: int = 4, trackers: int = 16, id_bits: int = 4,
-                 host_base: int = 0, nocache: tuple = (0, 0), itomwr: bool = True, read_any: bool = False,
-                 clean_evict_data: bool = True):
+                 host_base: int = 0, nocache: tuple = (0, 0), track: tuple = (0, 0), itomwr: bool = True,
+                 read_any: bool = False, clean_evict_data: bool = True):
         _pow2("sets", sets, 2, 1 << 16)
         _pow2("ways", ways, 1, 8)
         if not isinstance(trackers, int) or isinstance(trackers, bool):
@@ -208,12 +241,12 @@ class CxlCacheAgent(wiring.Component):
             raise ValueError(f"id_bits = {id_bits!r}: must be an int in [1, 16]")
         if not isinstance(host_base, int) or not 0 <= host_base < 1 << ADDR_BITS_HPA:
             raise ValueError(f"host_base = {host_base!r}: must be a line number in [0, 2**46)")
-        if (not isinstance(nocache, tuple) or len(nocache) != 2
-                or not all(isinstance(x, int) and 0 <= x <= 1 << _LINE_IDX for x in nocache)
-                or nocache[0] > nocache[1]):
-            raise ValueError(f"nocache = {nocache!r}: must be a (lo, hi) range of relative lines")
+        _line_range("nocache", nocache)
+        _line_range("track", track)
+        if nocache[0] < nocache[1] and track[0] < track[1] and nocache[0] < track[1] and track[0] < nocache[1]:
+            raise ValueError(f"nocache = {nocache!r} and track = {track!r} overlap")
         self._sets, self._ways, self._trackers, self._id_bits = sets, ways, trackers, id_bits
-        self._host_base, self._nocache = host_base, nocache
+        self._host_base, self._nocache, self._track = host_base, nocache, track
         self._itomwr, self._read_any, self._clean_evict_data = bool(itomwr), bool(read_any), bool(clean_evict_data)
         sig = {f"s_axi_{n[len('m_axi_'):]}": mem.flip() for n, mem in axi4_master_ports(id_bits).items()}
         sig.update({
@@ -235,6 +268,7 @@ class CxlCacheAgent(wiring.Component):
     id_bits = property(lambda self: self._id_bits)
     host_base = property(lambda self: self._host_base)
     nocache = property(lambda self: self._nocache)
+    track = property(lambda self: self._track)
     itomwr = property(lambda self: self._itomwr)
     read_any = property(lambda self: self._read_any)
     clean_evict_data = property(lambda self: self._clean_evict_data)
@@ -248,6 +282,8 @@ class CxlCacheAgent(wiring.Component):
         tagl = data.StructLayout({"state": LineState, "tag": tb})
         base = self._host_base
         nc_lo, nc_hi = self._nocache
+        tr_lo, tr_hi = self._track
+        T = tr_hi - tr_lo                   # tracked lines (0: no tracked region)
 
         # ---- storage ----
         tag_rd, tag_wr = [], []
@@ -263,6 +299,9 @@ class CxlCacheAgent(wiring.Component):
         obl = data.StructLayout({"data": LINE_BITS, "strb": LINE_BYTES})
         m.submodules.obuf = obuf = Memory(shape=obl, depth=N, init=[])          # data to the host / to merge
         obuf_rd, obuf_wr = obuf.read_port(), obuf.write_port()
+        if T:
+            m.submodules.track = track = Memory(shape=1, depth=T, init=[])    # device holds the line in S/E
+            trk_rd, trk_wr = track.read_port(), track.write_port()
 
         def line_addr(set_, way):
             return set_ if W == 1 else Cat(way[:wb], set_)
@@ -276,7 +315,9 @@ class CxlCacheAgent(wiring.Component):
         pull, drop, uqid, bogus, filled, sent = trk("pull"), trk("drop"), trk("uqid", ID_BITS_CXL), trk("bogus"), \
             trk("filled"), trk("sent")
         is_fill = [(kind[k] == _K_RDSH) | (kind[k] == _K_RDOWN) for k in range(N)]
-        is_rd = [(kind[k] == _K_RDSH) | (kind[k] == _K_RDCURR) for k in range(N)]
+        is_rdtrk = [(kind[k] == _K_RDTRK) if T else Const(0) for k in range(N)]
+        is_rd = [(kind[k] == _K_RDSH) | (kind[k] == _K_RDCURR) | is_rdtrk[k] if T
+                 else (kind[k] == _K_RDSH) | (kind[k] == _K_RDCURR) for k in range(N)]
         is_wr = [(kind[k] == _K_RDOWN) | (kind[k] == _K_ITOM) for k in range(N)]
         is_ev = [(kind[k] == _K_DEV) | (kind[k] == _K_CEV) | (kind[k] == _K_CEVND) for k in range(N)]
 
@@ -335,6 +376,9 @@ class CxlCacheAgent(wiring.Component):
         resp_rdy = [active[k] & ((is_fill[k] & filled[k]) | ((kind[k] == _K_RDCURR) & got_data[k])
                                  | ((kind[k] == _K_ITOM) & sent[k]))
                     & Mux(is_rd[k], ~ax.s_axi_rvalid, ~ax.s_axi_bvalid) for k in range(N)]
+        if T:
+            resp_rdy = [r | (active[k] & is_rdtrk[k] & got_go[k] & got_data[k] & ~ax.s_axi_rvalid)
+                        for k, r in enumerate(resp_rdy)]
         any_fill, fill_k = _first(m, fill_rdy, "fill")
         any_pull, pull_k = _first(m, pull_rdy, "pull")
         any_resp, resp_k = _first(m, resp_rdy, "resp")
@@ -347,8 +391,16 @@ class CxlCacheAgent(wiring.Component):
         snp_in = Signal()
         m.d.comb += snp_in.eq(((sp.addr >= base) if base else 1) & (snp_rel < (1 << _LINE_IDX)))
         snp_block = Signal()
-        m.d.comb += snp_block.eq(Cat(*[active[k] & is_fill[k] & got_go[k] & ~filled[k]
-                                       & (tline[k] == snp_rel[:_LINE_IDX]) for k in range(N)]).any() & snp_in)
+        # a snoop waits while a read of its line has its GO but not yet its fill (cached lines) or its R
+        # (tracked lines: the bit is set at the R), and while the R of a tracked read of its line is still
+        # held in the R register, so that a tracked line's R always leaves before the snoop's inval entry
+        r_trk = Signal()                    # the R register holds a tracked read's beat ...
+        r_line = Signal(_LINE_IDX)          # ... of this line
+        blk = [active[k] & is_fill[k] & got_go[k] & ~filled[k] & (tline[k] == snp_rel[:_LINE_IDX]) for k in range(N)]
+        if T:
+            blk += [active[k] & is_rdtrk[k] & got_go[k] & (tline[k] == snp_rel[:_LINE_IDX]) for k in range(N)]
+            blk.append(ax.s_axi_rvalid & r_trk & (r_line == snp_rel[:_LINE_IDX]))
+        m.d.comb += snp_block.eq(Cat(*blk).any() & snp_in)
 
         # ---- AXI request intake ----
         ar_line = Signal(_LINE_IDX)
@@ -393,7 +445,7 @@ class CxlCacheAgent(wiring.Component):
         snp_ok = Signal()
         ev_hit = Signal()
         ev_k = Signal(range(max(2, N)))
-        clr = Signal(range(S + 1))
+        clr = Signal(range(max(S, T) + 1))
         # a second free tracker, for the victim's evict (checked once the victim is known)
         free_b_any, free_b = _first(m, [~active[k] & (ta != k) for k in range(N)], "free_b")
         any_ev, ev_idx = _first(m, [active[k] & is_ev[k] & ~pull[k] & ~drop[k] & ~got_go[k] & (tline[k] == snp_line)
@@ -480,15 +532,22 @@ class CxlCacheAgent(wiring.Component):
         def bump(name):
             m.d.sync += stats[name].eq(stats[name] + 1)
 
+        def after_trk(cond):
+            """The first branch after a tracked-line branch (only generated with a tracked region)."""
+            return m.Elif(cond) if T else m.If(cond)
+
         A = Array
         m.d.comb += self.clearing.eq(0)
         with m.FSM(name="engine"):
             with m.State("CLEAR"):
                 m.d.comb += self.clearing.eq(1)
                 for w in range(W):
-                    m.d.comb += [tag_wr[w].addr.eq(clr), tag_wr[w].data.eq(0), tag_wr[w].en.eq(1)]
+                    m.d.comb += [tag_wr[w].addr.eq(clr), tag_wr[w].data.eq(0),
+                                 tag_wr[w].en.eq(1 if T <= S else clr < S)]
+                if T:
+                    m.d.comb += [trk_wr.addr.eq(clr), trk_wr.data.eq(0), trk_wr.en.eq(1 if T >= S else clr < T)]
                 m.d.sync += clr.eq(clr + 1)
-                with m.If(clr == S - 1):
+                with m.If(clr == max(S, T) - 1):
                     m.next = "IDLE"
 
             with m.State("IDLE"):
@@ -557,6 +616,8 @@ class CxlCacheAgent(wiring.Component):
                 m.d.sync += [hit.eq(any_hit & snp_ok), hit_way.eq(hit_w), hit_state.eq(hit_st),
                              ev_hit.eq(any_ev & snp_ok), ev_k.eq(ev_idx)]
                 m.d.comb += [line_rd_set.eq(snp_line[:sb]), line_rd_way.eq(hit_w), buf_addr.eq(ev_idx)]
+                if T:
+                    m.d.comb += trk_rd.addr.eq(snp_line - tr_lo)
                 m.next = "SNP2"
             with m.State("SNP2"):
                 op = Signal(D2HRspOpcode, init=D2HRspOpcode.RSP_I_HIT_I)
@@ -565,7 +626,22 @@ class CxlCacheAgent(wiring.Component):
                 new = Signal(LineState)
                 lost = Signal()
                 m.d.comb += [op.eq(D2HRspOpcode.RSP_I_HIT_I), fwd_data.eq(line_rd.data)]
-                with m.If(hit):
+                if T:
+                    snp_trk = Signal()
+                    m.d.comb += snp_trk.eq(snp_ok & _in_range(snp_line, tr_lo, tr_hi))
+                    with m.If(snp_trk):
+                        # a tracked line: never in the tags, never forwarded; the bit says S/E (1) or I (0)
+                        with m.If(trk_rd.data):
+                            with m.Switch(snp_op):
+                                with m.Case(H2DReqOpcode.SNP_INV):
+                                    m.d.comb += [op.eq(D2HRspOpcode.RSP_I_HIT_SE), lost.eq(1),
+                                                 trk_wr.addr.eq(snp_line - tr_lo), trk_wr.data.eq(0),
+                                                 trk_wr.en.eq(1)]
+                                with m.Case(H2DReqOpcode.SNP_DATA):
+                                    m.d.comb += op.eq(D2HRspOpcode.RSP_S_HIT_SE)
+                                with m.Default():
+                                    m.d.comb += op.eq(D2HRspOpcode.RSP_V_HIT_V)
+                with after_trk(hit):
                     m.d.comb += new.eq(hit_state)
                     with m.If(hit_state == LineState.M):
                         m.d.comb += fwd.eq(1)
@@ -620,11 +696,25 @@ class CxlCacheAgent(wiring.Component):
             with m.State("RESP"):
                 k = cur
                 b = A(bad)[k]
+                if T:
+                    # a tracked read is good with GO-S/E/M and clean data; GO-I is an error too (nothing granted)
+                    rdtrk = A(is_rdtrk)[k]
+                    gs = A(go_state)[k]
+                    b = Signal()
+                    m.d.comb += b.eq(A(bad)[k] | (rdtrk & (gs != GoState.S.value) & (gs != GoState.E.value)
+                                                  & (gs != GoState.M.value)))
                 with m.If(A(is_rd)[k]):
                     m.d.sync += [ax.s_axi_rvalid.eq(1), ax.s_axi_rdata.eq(rbuf_rd.data), ax.s_axi_rid.eq(A(tid)[k]),
                                  ax.s_axi_rresp.eq(Mux(b, _SLVERR, 0))]
-                    with m.If((A(kind)[k] == _K_RDCURR) & b):
+                    uncounted = A(kind)[k] == _K_RDCURR      # (a cached read counted its error at the fill)
+                    if T:
+                        uncounted = uncounted | rdtrk
+                    with m.If(uncounted & b):
                         bump("errors")
+                    if T:
+                        m.d.sync += [r_trk.eq(rdtrk), r_line.eq(A(tline)[k])]
+                        with m.If(rdtrk & ~b):
+                            m.d.comb += [trk_wr.addr.eq(A(tline)[k] - tr_lo), trk_wr.data.eq(1), trk_wr.en.eq(1)]
                 with m.Else():
                     m.d.sync += [ax.s_axi_bvalid.eq(1), ax.s_axi_bid.eq(A(tid)[k]),
                                  ax.s_axi_bresp.eq(Mux(b, _SLVERR, 0))]
@@ -637,8 +727,18 @@ class CxlCacheAgent(wiring.Component):
                 m.d.sync += [hit_way.eq(hit_w), hit_state.eq(hit_st), vic_way.eq(pick_w), vic_state.eq(pick_st),
                              vic_tag.eq(pick_tag)]
                 m.d.comb += line_rd_set.eq(req_set)
+                if T:
+                    req_trk = Signal()
+                    m.d.comb += req_trk.eq(_in_range(req_line, tr_lo, tr_hi))
                 with m.If(~req_wr):
-                    with m.If(any_hit):
+                    if T:
+                        with m.If(req_trk):    # tracked: never cached, RdShared, the bit is set at the R
+                            m.d.comb += ax.s_axi_arready.eq(1)
+                            alloc(ta, _K_RDTRK, req_line, 0, req_id)
+                            send_req(D2HReqOpcode.RD_SHARED, ta, req_line)
+                            bump("misses")
+                            m.next = "IDLE"
+                    with after_trk(any_hit):
                         m.d.comb += [ax.s_axi_arready.eq(1), line_rd_way.eq(hit_w)]
                         bump("hits")
                         m.next = "HIT_R"
@@ -659,7 +759,13 @@ class CxlCacheAgent(wiring.Component):
                     with m.Else():
                         m.next = "IDLE"         # no way free of a fill, or no tracker for the evict: retry
                 with m.Else():
-                    with m.If(any_hit & ((hit_st == LineState.E) | (hit_st == LineState.M))):
+                    if T:
+                        with m.If(req_trk):    # the device never writes a tracked line
+                            m.d.comb += [ax.s_axi_awready.eq(1), ax.s_axi_wready.eq(1)]
+                            m.d.sync += [ax.s_axi_bvalid.eq(1), ax.s_axi_bid.eq(req_id), ax.s_axi_bresp.eq(_SLVERR)]
+                            bump("errors")
+                            m.next = "IDLE"
+                    with after_trk(any_hit & ((hit_st == LineState.E) | (hit_st == LineState.M))):
                         m.d.comb += line_rd_way.eq(hit_w)
                         bump("hits")
                         m.next = "HIT_W"
@@ -690,6 +796,8 @@ class CxlCacheAgent(wiring.Component):
             with m.State("HIT_R"):
                 m.d.sync += [ax.s_axi_rvalid.eq(1), ax.s_axi_rdata.eq(line_rd.data), ax.s_axi_rid.eq(req_id),
                              ax.s_axi_rresp.eq(0)]
+                if T:
+                    m.d.sync += r_trk.eq(0)
                 m.next = "IDLE"
 
             with m.State("HIT_W"):

@@ -9,7 +9,7 @@ from the RTL.  The host side is either scripted message by message
 import random
 
 import pytest
-from amaranth.hdl import Fragment
+from amaranth.hdl import Fragment, ResetInserter, Signal
 from amaranth.sim import Simulator
 
 from cxlnic.hdl.cxl_cache import CxlCacheAgent
@@ -212,14 +212,15 @@ class Harness:
         return data
 
 
-def run(dut, body, **hkw):
+def run(dut, body, top=None, **hkw):
+    """Simulate ``top`` (default: ``dut``, e.g. ``dut`` under a ResetInserter) from the end of the clear."""
     h = Harness(dut, **hkw)
 
     async def bench(ctx):
         await ctx.tick().until(~dut.clearing)
         await body(ctx, h)
 
-    sim = Simulator(dut)
+    sim = Simulator(dut if top is None else top)
     sim.add_clock(1e-8)
     sim.add_testbench(bench)
     sim.run()
@@ -634,10 +635,398 @@ def test_random_against_home_core():
     run(dut, body, core=core, rng=random.Random(13), d2h_stall=0.2, axi_stall=0.2)
 
 
+# ---- tracked region: per-line "device holds it" bits for lines the datapath mirrors ----
+
+def line_int(core, line):
+    return int.from_bytes(core.line(line), "little")
+
+
+@pytest.mark.parametrize("read_any", [False, True])
+@pytest.mark.parametrize("data_first", [True, False])
+def test_tracked_read_rdshared_never_hits(data_first, read_any):
+    """A read of a tracked line: RdShared at host_base + line (RdShared also with read_any: the device never
+    writes these lines), R = the host data only once data and GO are both in; a second read of the same
+    line goes to the host again (never a hit, never allocated): the cached line of the same set (1 way)
+    stays cached, nothing is evicted."""
+    dut = CxlCacheAgent(sets=4, ways=1, track=(40, 48), host_base=0x200, read_any=read_any)
+    rng = random.Random(21)
+
+    async def body(ctx, h):
+        v1 = await h.fill(ctx, dut, 1, rnd_line(rng), "S")        # set 1, like line 41
+        for n in range(2):
+            val = rnd_line(rng)
+            h.read(41, id_=3)
+            cq = await h.expect_req(ctx, RD_SHARED, 41, dut)
+            msgs = [("data", dict(cqid=cq, data=val)), ("rsp", dict(opcode=GO, rsp_data=ST_S, cqid=cq))]
+            if not data_first:
+                msgs.reverse()
+            h.send(msgs[0][0], **msgs[0][1])
+            await h.cycles(ctx, 20)
+            assert len(h.r) == 1 + n
+            h.send(msgs[1][0], **msgs[1][1])
+            await h.until(ctx, lambda n=n: len(h.r) == 2 + n, what="R")
+            assert h.r[-1] == (3, val, 0)
+        h.read(1, id_=4)
+        await h.until(ctx, lambda: len(h.r) == 4, what="hit")
+        assert h.r[-1] == (4, v1, 0)
+        assert [m["opcode"] for m in h.d2h["req"]] == [RD_ANY if read_any else RD_SHARED, RD_SHARED, RD_SHARED]
+        assert stats(ctx, dut) == {"hits": 1, "misses": 3, "snoops": 0, "evictions": 0, "bogus": 0, "errors": 0}
+
+    run(dut, body)
+
+
+@pytest.mark.parametrize("held", [False, True])
+@pytest.mark.parametrize("snp", [SNP_INV, SNP_DATA, SNP_CUR])
+def test_tracked_snoop_replies(snp, held):
+    """Snoops of a tracked line are answered from its bit: after a good read (held) the S/E row of CXL.md's
+    table (SnpInv → RspIHitSE, bit cleared, one ``inval``; SnpData → RspSHitSE and SnpCur → RspVHitV, bit
+    kept, no ``inval``), never with data; never read → RspIHitI, no ``inval``. The state after is probed
+    by a second SnpInv (RspIHitSE iff the bit is still set)."""
+    dut = CxlCacheAgent(sets=4, ways=2, track=(100, 104), nocache=(104, 110), host_base=64)
+    rng = random.Random(22)
+
+    async def body(ctx, h):
+        line = 102
+        if held:
+            val = rnd_line(rng)
+            h.read(line, id_=1)
+            cq = await h.expect_req(ctx, RD_SHARED, line, dut)
+            h.send("data", cqid=cq, data=val)
+            h.send("rsp", opcode=GO, rsp_data=ST_S, cqid=cq)
+            await h.until(ctx, lambda: h.r, what="R")
+            assert h.r == [(1, val, 0)]
+        want, after = SNOOP_TABLE[("S" if held else "I", snp)]
+        assert await h.snoop(ctx, dut, snp, line) == (want, None)
+        await h.cycles(ctx, 4)
+        assert h.inval == ([line] if after == "I" and held else [])
+        rsp2, _ = await h.snoop(ctx, dut, SNP_INV, line, uqid=8)
+        assert rsp2 == (R_IHITSE if held and after == "S" else R_IHITI)
+        await h.cycles(ctx, 4)
+        assert h.inval == ([line] if held else [])
+        assert h.d2h["data"] == [] and stats(ctx, dut)["snoops"] == 2
+
+    run(dut, body)
+
+
+@pytest.mark.parametrize("r_stall", [False, True])
+def test_tracked_snoop_waits_for_r(r_stall):
+    """A SnpInv of a tracked line whose read has its GO but not its data waits (no D2H Rsp) until the read's
+    R; with R held back by ``rready`` it also waits for the R handshake: the R always leaves before the
+    ``inval`` entry. A snoop that comes before the read's GO is answered at once from the bit (RspIHitI for
+    a line never read), and the read then sets the bit."""
+    dut = CxlCacheAgent(sets=4, ways=2, track=(0, 8))
+    rng = random.Random(23)
+
+    async def body(ctx, h):
+        line = 5
+        # a snoop before the GO: not held yet
+        h.read(line, id_=2)
+        cq = await h.expect_req(ctx, RD_SHARED, line, dut)
+        assert await h.snoop(ctx, dut, SNP_INV, line, uqid=3) == (R_IHITI, None)
+        v0 = rnd_line(rng)
+        h.send("data", cqid=cq, data=v0)
+        h.send("rsp", opcode=GO, rsp_data=ST_S, cqid=cq)
+        await h.until(ctx, lambda: h.r, what="R")
+        assert h.r == [(2, v0, 0)] and h.inval == []
+        # a read of the line again; the GO comes first, then a snoop, then (much later) the data
+        h.read(line, id_=2)
+        cq = await h.expect_req(ctx, RD_SHARED, line, dut)
+        h.send("rsp", opcode=GO, rsp_data=ST_S, cqid=cq)
+        await h.cycles(ctx, 5)
+        h.send("req", opcode=SNP_INV, addr=line, uqid=4)
+        await h.cycles(ctx, 30)
+        assert h.d2h["rsp"][1:] == [] and h.inval == []
+        h.axi_stall = 1.0 if r_stall else 0.0
+        v1 = rnd_line(rng)
+        h.send("data", cqid=cq, data=v1)
+        if r_stall:
+            await h.cycles(ctx, 30)
+            assert len(h.r) == 1 and h.d2h["rsp"][1:] == [] and h.inval == []
+            h.axi_stall = 0.0
+        r_at = inv_at = None
+        for _ in range(100):
+            await h.tick(ctx)
+            if r_at is None and len(h.r) == 2:
+                r_at = h.cycle
+            if inv_at is None and h.inval:
+                inv_at = h.cycle
+        assert h.r[1] == (2, v1, 0) and h.inval == [line]
+        assert r_at < inv_at
+        assert [(m["opcode"], m["uqid"]) for m in h.d2h["rsp"]] == [(R_IHITI, 3), (R_IHITSE, 4)]
+
+    run(dut, body)
+
+
+@pytest.mark.parametrize("held", [False, True])
+def test_tracked_write_refused(held):
+    """AXI writes to a tracked line (full or partial, first and last line of the region) are accepted and
+    answered SLVERR, counted in ``errors``, with nothing sent to the host; the line's bit is unchanged (a
+    SnpInv afterwards answers RspIHitSE iff a read had set it). A write just past the region is normal."""
+    dut = CxlCacheAgent(sets=4, ways=2, track=(16, 32))
+    rng = random.Random(24)
+
+    async def body(ctx, h):
+        if held:
+            h.read(16, id_=1)
+            cq = await h.expect_req(ctx, RD_SHARED, 16, dut)
+            h.send("data", cqid=cq, data=9)
+            h.send("rsp", opcode=GO, rsp_data=ST_S, cqid=cq)
+            await h.until(ctx, lambda: h.r, what="R")
+        nreq = len(h.d2h["req"])
+        h.write(16, rnd_line(rng), FULL, id_=5)
+        h.write(16, rnd_line(rng), 0xF0, id_=6)
+        h.write(31, rnd_line(rng), FULL, id_=7)
+        await h.until(ctx, lambda: len(h.b) == 3, what="B")
+        assert h.b == [(5, SLVERR), (6, SLVERR), (7, SLVERR)]
+        await h.cycles(ctx, 20)
+        assert len(h.d2h["req"]) == nreq and h.d2h["data"] == []
+        assert stats(ctx, dut)["errors"] == 3
+        assert await h.snoop(ctx, dut, SNP_INV, 16) == (R_IHITSE if held else R_IHITI, None)
+        h.write(32, rnd_line(rng), FULL, id_=1)
+        await h.expect_req(ctx, ITOM_WR, 32, dut)
+
+    run(dut, body)
+
+
+def test_tracked_host_write_invalidates():
+    """Through ``HomeCore``: a device read of a tracked line returns host memory and the directory then says
+    S; a host write snoops it (RspIHitSE) and yields exactly one ``inval`` entry with the relative line; the
+    next device read goes to the host again and returns the new data. A host write to a tracked line the
+    device never read sends no snoop at all and no ``inval``. No protocol violation."""
+    dut = CxlCacheAgent(sets=4, ways=2, track=(8, 16), host_base=0x40)
+    core = HomeCore(32, base=0x40, seed=3, delay=(0, 5), p_snoop_s=0.0)
+    rng = random.Random(25)
+    core.mem[:] = rng.randbytes(len(core.mem))
+
+    async def body(ctx, h):
+        for n in range(3):
+            want = line_int(core, 10)
+            h.read(10, id_=1)
+            await h.until(ctx, lambda n=n: len(h.r) == n + 1, what="R")
+            assert h.r[n] == (1, want, 0)
+            assert core.dir.get(10) == "S"
+            new = rng.randbytes(LINE_BYTES)
+            f = core.host_write(10, new)
+            await h.until(ctx, lambda f=f: f.done, what="host write")
+            await h.cycles(ctx, 6)
+            assert h.inval == [10] * (n + 1)
+            assert core.dir.get(10) is None and core.line(10) == new
+        assert [m["opcode"] for m in h.d2h["rsp"]] == [R_IHITSE] * 3
+        nrsp = len(h.d2h["rsp"])
+        f = core.host_write(12, rng.randbytes(LINE_BYTES))
+        await h.until(ctx, lambda: f.done, what="host write")
+        await h.cycles(ctx, 20)
+        assert len(h.d2h["rsp"]) == nrsp and h.inval == [10] * 3
+        assert [(m["opcode"], m["addr"]) for m in h.d2h["req"]] == [(RD_SHARED, 0x40 + 10)] * 3
+        assert not core.violations, core.violations
+
+    run(dut, body, core=core, rng=random.Random(26), d2h_stall=0.3, axi_stall=0.3)
+
+
+@pytest.mark.parametrize("sets,track,line", [(4, (8, 48), 41), (64, (8, 11), 9)])
+def test_tracked_bits_cleared_at_reset(sets, track, line):
+    """``clearing`` stays high for max(sets, tracked lines) cycles after reset, and a bit set before a reset
+    is clear after it (a SnpInv answers RspIHitI, no ``inval``)."""
+    dut = CxlCacheAgent(sets=sets, ways=1, track=track)
+    rst = Signal()
+    top = ResetInserter(rst)(dut)
+    n_clear = max(sets, track[1] - track[0])
+
+    async def count_clear(ctx, h):
+        n = 0
+        while ctx.get(dut.clearing):
+            n += 1
+            await h.tick(ctx)
+        return n
+
+    async def body(ctx, h):
+        h.read(line, id_=1)
+        cq = await h.expect_req(ctx, RD_SHARED, line, dut)
+        h.send("data", cqid=cq, data=3)
+        h.send("rsp", opcode=GO, rsp_data=ST_S, cqid=cq)
+        await h.until(ctx, lambda: h.r, what="R")
+        ctx.set(rst, 1)
+        await h.tick(ctx)
+        ctx.set(rst, 0)
+        assert await count_clear(ctx, h) == n_clear
+        assert await h.snoop(ctx, dut, SNP_INV, line) == (R_IHITI, None)
+        await h.cycles(ctx, 4)
+        assert h.inval == []
+
+    run(dut, body, top=top)
+
+
+@pytest.mark.parametrize("seed", [31, 32])
+def test_tracked_random_against_home_core(seed):
+    """Random mix over ``HomeCore`` (reordering, delays, stalls): device reads of tracked and cached lines,
+    device writes (refused with SLVERR on tracked lines), host reads, and host writes that race with device
+    reads of tracked lines. Checks, from host memory and the spec only: every R of a tracked line equals a
+    value host memory held between the read's issue and its R, cached lines equal the shadow; a datapath
+    mirror model (set by a tracked R, dropped by its ``inval``; an ``inval`` and an R in one cycle are
+    applied in the worse order) equals host memory at the end; every good R of a tracked line that a host
+    write completes after has an ``inval`` of the line after the R (and by the write's end + 8 cycles);
+    each SnpInv the host sent for a tracked line gave exactly one ``inval`` and every snoop of a tracked
+    line was answered per the S row (the directory only lists lines the device read); only RdShared for
+    tracked lines; ``errors`` = refused writes; no protocol violation."""
+    n_lines, TR, NC = 40, (16, 28), (36, 40)
+    dut = CxlCacheAgent(sets=4, ways=2, trackers=8, read_any=True, nocache=NC, track=TR)
+    core = HomeCore(n_lines, seed=seed, delay=(0, 8), p_drop=0.5, p_snoop_s=0.5)
+    rng = random.Random(seed + 100)
+    core.mem[:] = rng.randbytes(len(core.mem))
+    shadow = [line_int(core, i) for i in range(n_lines)]
+    tracked = range(*TR)
+    errors = []
+    r_good = {ln: [] for ln in tracked}         # cycles of good tracked R
+    w_done = {ln: [] for ln in tracked}         # cycles host writes of tracked lines completed
+    inv = {ln: [] for ln in tracked}            # cycles of inval entries of tracked lines
+    mirror = {}
+    n_refused = 0
+    n_ops = 1200
+
+    async def body(ctx, h):
+        nonlocal n_refused
+        busy = set()                            # cached lines with an operation in flight
+        pending = []                            # [kind, line, x, y]
+        ops = n_inv = 0
+        while ops < n_ops or pending:
+            if ops < n_ops and len(pending) < 8:
+                tr = rng.random() < 0.5
+                hot = rng.random() < 0.6             # most tracked traffic on 3 lines: races
+                line = (rng.choice([16, 17, 18] if hot else tracked)) if tr else rng.choice(
+                    [i for i in range(n_lines) if i not in tracked])
+                free_ids = [i for i in range(4) if not any(p[3] == i for p in pending if p[0] == "r")]
+                free_wids = [i for i in range(4, 8) if not any(p[3] == i for p in pending if p[0] == "w")]
+                r = rng.random()
+                if tr:
+                    ops += 1
+                    if r < 0.4 and free_ids:
+                        i = rng.choice(free_ids)
+                        h.read(line, id_=i)
+                        pending.append(["r", line, {line_int(core, line)}, i])
+                    elif r < 0.75:
+                        f = core.host_write(line, rng.randbytes(LINE_BYTES))
+                        pending.append(["hw", line, f, None])
+                    elif r < 0.9 or not free_wids:
+                        pending.append(["hr", line, core.host_read(line), None])
+                    else:
+                        i = rng.choice(free_wids)
+                        h.write(line, rnd_line(rng), FULL if rng.random() < 0.5 else 0xFF, id_=i)
+                        pending.append(["w", line, "refused", i])
+                        n_refused += 1
+                elif line not in busy:
+                    busy.add(line)
+                    ops += 1
+                    if r < 0.3 and free_ids:
+                        i = rng.choice(free_ids)
+                        h.read(line, id_=i)
+                        pending.append(["r", line, {shadow[line]}, i])
+                    elif r < 0.55 and free_wids and line not in range(*NC):
+                        i = rng.choice(free_wids)
+                        v = rnd_line(rng)
+                        strb = FULL if rng.random() < 0.5 else rng.getrandbits(LINE_BYTES)
+                        shadow[line] = merge(shadow[line], v, strb)
+                        h.write(line, v, strb, id_=i)
+                        pending.append(["w", line, "ok", i])
+                    elif r < 0.8:
+                        pending.append(["hr", line, core.host_read(line), shadow[line]])
+                    else:
+                        v = rnd_line(rng)
+                        shadow[line] = v
+                        pending.append(["hw", line, core.host_write(line, v.to_bytes(LINE_BYTES, "little")), None])
+            await h.tick(ctx)
+            for ln in h.inval[n_inv:]:           # inval entries first: the worse order within a cycle
+                if ln in tracked:
+                    inv[ln].append(h.cycle)
+                    mirror.pop(ln, None)
+            n_inv = len(h.inval)
+            for p in list(pending):
+                kind, line, x, y = p
+                if kind == "r":
+                    if line in tracked:
+                        x.add(line_int(core, line))
+                    k = next((j for j, (rid, _, _) in enumerate(h.r) if rid == y), None)
+                    if k is None:
+                        continue
+                    _, data, resp = h.r.pop(k)
+                    if resp != 0 or data not in x:
+                        errors.append(f"cycle {h.cycle}: device read of line {line}: resp {resp}")
+                    if line in tracked and resp == 0:
+                        r_good[line].append(h.cycle)
+                        mirror[line] = data
+                elif kind == "w":
+                    k = next((j for j, (bid, _) in enumerate(h.b) if bid == y), None)
+                    if k is None:
+                        continue
+                    _, resp = h.b.pop(k)
+                    if resp != (SLVERR if x == "refused" else 0):
+                        errors.append(f"cycle {h.cycle}: device write of line {line}: resp {resp}")
+                elif kind == "hr" and x.done:
+                    if y is not None and int.from_bytes(x.value, "little") != y:
+                        errors.append(f"host read of line {line}")
+                elif kind == "hw" and x.done:
+                    if line in tracked:
+                        w_done[line].append(h.cycle)
+                else:
+                    continue
+                pending.remove(p)
+                busy.discard(line)
+            assert h.cycle < 100000, "stuck"
+        await h.cycles(ctx, 20)
+        for ln in h.inval[n_inv:]:
+            if ln in tracked:
+                inv[ln].append(h.cycle)
+                mirror.pop(ln, None)
+        assert not errors and not core.violations, (errors[:10], core.violations[:10])
+        assert core.idle() and h.ar == [] and h.aw == []
+        # the datapath's mirror of each tracked line is current at the end
+        for ln, v in mirror.items():
+            assert v == line_int(core, ln), f"stale mirror of line {ln}"
+        # every good tracked R that a host write completes after: an inval after the R, by the write's end
+        for ln in tracked:
+            for c_r in r_good[ln]:
+                later = [c for c in w_done[ln] if c > c_r]
+                if later:
+                    assert any(c_r < c <= later[0] + 8 for c in inv[ln]), (ln, c_r, later[0], inv[ln])
+        # host side: each SnpInv of a tracked line → one inval; snoop answers of the S row only
+        snp, n_snpinv = {}, {ln: 0 for ln in tracked}
+        want = {SNP_INV: R_IHITSE, SNP_DATA: R_SHITSE, SNP_CUR: R_VHITV}
+        for _, d, ch, msg in core.log:
+            if (d, ch) == ("h2d", "req"):
+                snp[msg["uqid"]] = (msg["addr"] - core.base, getattr(msg["opcode"], "value", msg["opcode"]))
+            elif (d, ch) == ("d2h", "rsp"):
+                ln, op = snp.pop(msg["uqid"])
+                if ln in tracked:
+                    assert msg["opcode"] == want[op], (ln, op, msg)
+                    n_snpinv[ln] += op == SNP_INV
+        assert {ln: len(c) for ln, c in inv.items()} == n_snpinv
+        assert sum(n_snpinv.values()) > 10 and sum(len(c) for c in r_good.values()) > 30
+        for m in h.d2h["req"]:
+            if m["addr"] - core.base in tracked:
+                assert m["opcode"] == RD_SHARED, m
+        assert stats(ctx, dut)["errors"] == n_refused > 0
+
+    run(dut, body, core=core, rng=random.Random(seed + 200), d2h_stall=0.2, axi_stall=0.2)
+
+
+def test_tracked_parameters():
+    """``track`` is exposed; it may touch ``nocache`` but not overlap it; an empty range overlaps nothing."""
+    for kw, want in [(dict(track=(10, 20), nocache=(20, 30)), (10, 20)), (dict(track=(5, 10), nocache=(0, 5)), (5, 10)),
+                     (dict(track=(5, 5), nocache=(0, 10)), (5, 5)), (dict(track=(7, 8)), (7, 8)), ({}, (0, 0))]:
+        dut = CxlCacheAgent(sets=4, ways=1, trackers=2, **kw)
+        assert dut.track == want
+        Fragment.get(dut, None)
+
+
 @pytest.mark.parametrize("kw,exc,msg", [
     (dict(sets=3), ValueError, "sets"), (dict(ways=16), ValueError, "ways"), (dict(trackers=1), ValueError, "trackers"),
     (dict(sets="8"), TypeError, "sets"), (dict(nocache=(5, 1)), ValueError, "nocache"),
     (dict(host_base=-1), ValueError, "host_base"),
+    (dict(track=(5, 1)), ValueError, "track"), (dict(track=(0, 2**32 + 1)), ValueError, "track"),
+    (dict(track=[1, 2]), ValueError, "track"), (dict(track=(1, 2, 3)), ValueError, "track"),
+    (dict(track=(-1, 2)), ValueError, "track"), (dict(track=(1.0, 2)), ValueError, "track"),
+    (dict(nocache=(0, 10), track=(9, 20)), ValueError, r"nocache = \(0, 10\) and track = \(9, 20\) overlap"),
+    (dict(nocache=(10, 20), track=(0, 11)), ValueError, "nocache.*track.*overlap"),
+    (dict(nocache=(10, 20), track=(12, 13)), ValueError, "nocache.*track.*overlap"),
 ])
 def test_bad_parameters(kw, exc, msg):
     with pytest.raises(exc, match=msg):
@@ -650,7 +1039,8 @@ def test_verilog_lints_clean(tmp_path):
     from cxlnic.tb.sim import write_verilog
 
     paths = [write_verilog(CxlCacheAgent(**kw), f"cxl_cache{i}", tmp_path / f"cxl_cache{i}.v")
-             for i, kw in enumerate([{}, dict(sets=16, ways=1, host_base=99, nocache=(0, 10), trackers=32)])]
+             for i, kw in enumerate([{}, dict(sets=16, ways=1, host_base=99, nocache=(0, 10), trackers=32),
+                                     dict(sets=8, ways=2, host_base=7, nocache=(0, 4), track=(4, 40))])]
     assert lint(paths, log=lambda *_: None) == []
 
 
