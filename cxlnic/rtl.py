@@ -27,13 +27,17 @@ def blocks(cfg: NicConfig | None = None) -> dict:
     from cxlnic.hdl.hash import FlowHasher
     from cxlnic.hdl.parser import PacketParser
     from cxlnic.hdl.rewrite import HeaderRewriter
-    from cxlnic.hdl.smartnic import SmartNic
+    from cxlnic.hdl.smartnic import MirrorSync, SmartNic
 
     cfg = cfg or NicConfig()
     r = cfg.regions()
     return {
         # the SmartNIC top (Type 2): the CXL.mem subordinate in front of the datapath
         "smartnic": lambda: SmartNic(cfg),
+        # the SmartNIC top (Type 1): the CXL.cache agent (tracked region) + MirrorSync + the datapath
+        "smartnic_type1": lambda: SmartNic(cfg, cxl_type=1),
+        # Type 1: loads the datapath's on-chip copies and follows the host's writes (snoops)
+        "mirror_sync": lambda: MirrorSync(cfg),
         # the datapath top: every block below, resolve, mirrors, the shared DRAM port
         "datapath": lambda: Datapath(cfg),
         "parser": lambda: PacketParser(min_frame=cfg.min_frame, max_frame=cfg.max_frame),

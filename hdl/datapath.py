@@ -101,12 +101,25 @@ class Datapath(wiring.Component):
       block writes a counter line back to DRAM it asks for the line on
       ``wb_req`` and waits for ``wb_ok`` (CXL.mem's ``dev_wr`` / ``dev_wr_ok``:
       the host's cached copies are back-invalidated first).
+
+    ``host_writes`` says what a write on ``mw`` is: ``"dram"`` (default, Type 2:
+    the host's write of the table image, written to DRAM through ``m_axi`` and
+    applied to the mirrors; ``mw_done`` at its B response) or ``"mirror"``
+    (Type 1: the line is already in memory, the host wrote it there; ``mw``
+    only updates the on-chip mirrors, the CAM, the action table and the hash
+    key, and reports bucket/stash lines to the cuckoo engine's bucket cache;
+    ``mw`` is always ready and ``mw_done`` pulses the cycle after).
     """
 
     @checked_init
     def __init__(self, cfg: NicConfig | None = None, *, lookups: int = 128, frame_fifo: int = 512,
-                 counters: int | None = None, counter_cache: int | None = None, wb_grant: bool = False):
+                 counters: int | None = None, counter_cache: int | None = None, wb_grant: bool = False,
+                 host_writes: str = "dram"):
         cfg = NicConfig() if cfg is None else cfg
+        if host_writes not in ("dram", "mirror"):
+            raise ValueError(f"host_writes = {host_writes!r}: must be 'dram' (Type 2: host writes go to DRAM) "
+                             f"or 'mirror' (Type 1: they only update the on-chip mirrors)")
+        self._mirror_only = host_writes == "mirror"
         if not isinstance(cfg, NicConfig):
             raise TypeError(f"cfg = {cfg!r}: must be a NicConfig")
         if cfg.cam_entries < 2 or cfg.cam_entries & (cfg.cam_entries - 1):
@@ -201,12 +214,11 @@ class Datapath(wiring.Component):
         ob_valid, ob_aw, ob_w, ob_bkt = Signal(), Signal(), Signal(), Signal()
         ob_addr = Signal(32)
         ob_data = Signal(LINE_BITS)
-        inflight = SyncFIFOBuffered(width=33, depth=32)        # {addr, bucket?} of writes awaiting B
-        m.submodules.mw_inflight = inflight
         pending = Signal(range(33))        # bucket/stash writes awaiting their B response
-        b_fire = hw.m_axi_bvalid & hw.m_axi_bready
-        b_bkt = Signal()
-        m.d.comb += b_bkt.eq(b_fire & inflight.r_data[32])
+        done_fire = Signal()               # a write is complete (its B response, or mirror-only: applied)
+        done_addr = Signal(32)
+        b_bkt = Signal()                   # ... and it was a bucket/stash line
+        writes_busy = Signal()             # a write accepted on ``mw`` is not complete yet
 
         def in_region(addr, name, n=None):
             first, size = r[name]
@@ -214,38 +226,49 @@ class Datapath(wiring.Component):
             return (addr >= first) & (addr < first + size)
         is_bkt = Signal()
         m.d.comb += is_bkt.eq(in_region(mw.addr, "buckets") | in_region(mw.addr, "stash"))
-        ob_free = ~ob_valid | ((ob_aw | (hw.m_axi_awvalid & hw.m_axi_awready))
-                               & (ob_w | (hw.m_axi_wvalid & hw.m_axi_wready)))
-        # one write per cycle: a bucket write's accept report (``wr``) and another's B report (``wr_done``)
-        # use separate ports of the cuckoo engine
-        m.d.comb += self.mw.ready.eq(ob_free & inflight.w_rdy)
         mw_fire = self.mw.valid & self.mw.ready
-        m.d.comb += [
-            hw.m_axi_awvalid.eq(ob_valid & ~ob_aw), hw.m_axi_awaddr.eq(ob_addr << LINE_SHIFT),
-            hw.m_axi_awid.eq(0), hw.m_axi_awlen.eq(0), hw.m_axi_awsize.eq(LINE_SHIFT), hw.m_axi_awburst.eq(1),
-            hw.m_axi_wvalid.eq(ob_valid & ~ob_w), hw.m_axi_wdata.eq(ob_data),
-            hw.m_axi_wstrb.eq(Const(-1, LINE_BYTES)), hw.m_axi_wlast.eq(1), hw.m_axi_bready.eq(1),
-            hw.m_axi_arvalid.eq(0), hw.m_axi_rready.eq(1),
-            inflight.w_en.eq(mw_fire), inflight.w_data.eq(Mux(is_bkt, 1 << 32, 0) | mw.addr),
-            inflight.r_en.eq(b_fire),
-            self.mw_done.eq(b_fire), self.mw_done_addr.eq(inflight.r_data[:32]),
-        ]
-        with m.If(ob_valid):
-            with m.If(hw.m_axi_awvalid & hw.m_axi_awready):
-                m.d.sync += ob_aw.eq(1)
-            with m.If(hw.m_axi_wvalid & hw.m_axi_wready):
-                m.d.sync += ob_w.eq(1)
-        with m.If(ob_free):
-            m.d.sync += ob_valid.eq(0)
-        with m.If(mw_fire):
-            m.d.sync += [ob_valid.eq(1), ob_aw.eq(0), ob_w.eq(0), ob_addr.eq(mw.addr), ob_data.eq(mw.data),
-                         ob_bkt.eq(is_bkt)]
+        m.d.comb += [hw.m_axi_arvalid.eq(0), hw.m_axi_rready.eq(1), hw.m_axi_bready.eq(1),
+                     self.mw_done.eq(done_fire), self.mw_done_addr.eq(done_addr)]
+        if self._mirror_only:
+            # Type 1: the host already wrote the line; only the mirrors and the bucket cache hear of it
+            d_bkt = Signal()
+            m.d.comb += [self.mw.ready.eq(1), hw.m_axi_awvalid.eq(0), hw.m_axi_wvalid.eq(0),
+                         writes_busy.eq(done_fire), b_bkt.eq(done_fire & d_bkt)]
+            m.d.sync += [done_fire.eq(mw_fire), done_addr.eq(mw.addr), d_bkt.eq(is_bkt)]
+        else:
+            inflight = SyncFIFOBuffered(width=33, depth=32)        # {addr, bucket?} of writes awaiting B
+            m.submodules.mw_inflight = inflight
+            ob_free = ~ob_valid | ((ob_aw | (hw.m_axi_awvalid & hw.m_axi_awready))
+                                   & (ob_w | (hw.m_axi_wvalid & hw.m_axi_wready)))
+            # one write per cycle: a bucket write's accept report (``wr``) and another's B report (``wr_done``)
+            # use separate ports of the cuckoo engine
+            m.d.comb += self.mw.ready.eq(ob_free & inflight.w_rdy)
+            m.d.comb += [
+                done_fire.eq(hw.m_axi_bvalid & hw.m_axi_bready), done_addr.eq(inflight.r_data[:32]),
+                b_bkt.eq(done_fire & inflight.r_data[32]), writes_busy.eq(inflight.r_rdy | ob_valid),
+                hw.m_axi_awvalid.eq(ob_valid & ~ob_aw), hw.m_axi_awaddr.eq(ob_addr << LINE_SHIFT),
+                hw.m_axi_awid.eq(0), hw.m_axi_awlen.eq(0), hw.m_axi_awsize.eq(LINE_SHIFT), hw.m_axi_awburst.eq(1),
+                hw.m_axi_wvalid.eq(ob_valid & ~ob_w), hw.m_axi_wdata.eq(ob_data),
+                hw.m_axi_wstrb.eq(Const(-1, LINE_BYTES)), hw.m_axi_wlast.eq(1),
+                inflight.w_en.eq(mw_fire), inflight.w_data.eq(Mux(is_bkt, 1 << 32, 0) | mw.addr),
+                inflight.r_en.eq(done_fire),
+            ]
+            with m.If(ob_valid):
+                with m.If(hw.m_axi_awvalid & hw.m_axi_awready):
+                    m.d.sync += ob_aw.eq(1)
+                with m.If(hw.m_axi_wvalid & hw.m_axi_wready):
+                    m.d.sync += ob_w.eq(1)
+            with m.If(ob_free):
+                m.d.sync += ob_valid.eq(0)
+            with m.If(mw_fire):
+                m.d.sync += [ob_valid.eq(1), ob_aw.eq(0), ob_w.eq(0), ob_addr.eq(mw.addr), ob_data.eq(mw.data),
+                             ob_bkt.eq(is_bkt)]
         m.d.sync += pending.eq(pending + (mw_fire & is_bkt) - b_bkt)
         bump("host_writes", mw_fire)
         # the cuckoo engine hears of bucket/stash writes when accepted (``wr``) and at their B response
         # (``wr_done``: both in one cycle when they coincide)
         m.d.comb += [ck.wr.valid.eq(mw_fire & is_bkt), ck.wr.payload.line.eq(mw.addr),
-                     ck.wr_done.valid.eq(b_bkt), ck.wr_done.payload.line.eq(inflight.r_data[:32])]
+                     ck.wr_done.valid.eq(b_bkt), ck.wr_done.payload.line.eq(done_addr)]
         if hasattr(ck, "wr_pending"):
             m.d.comb += ck.wr_pending.eq(pending != 0)
         # mirrors: the CAM (first cam_entries rule lines), the action table, the hash key
@@ -531,7 +554,7 @@ class Datapath(wiring.Component):
         hr_ar_valid = Signal()
         hr_addr = Signal(32)
         writes_idle = Signal()
-        m.d.comb += writes_idle.eq(~inflight.r_rdy & ~ob_valid & ~(self.mw.valid & self.mw.ready))
+        m.d.comb += writes_idle.eq(~writes_busy & ~(self.mw.valid & self.mw.ready))
         hr_ar_fire = hr.m_axi_arvalid & hr.m_axi_arready
         take_dram = (self.mr.valid & ~is_cnt & writes_idle & kinds.w_rdy & (~hr_ar_valid | hr_ar_fire)
                      & (dram_credits != 0))
