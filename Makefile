@@ -47,11 +47,11 @@ sim: $(STAMP)
 
 test: $(STAMP)
 	@mkdir -p $(BUILD)
-	$(PY) -m pytest -n $(JOBS) -m "not slow" --junitxml=$(BUILD)/test-results.xml
+	$(PY) -m pytest -n $(JOBS) --dist loadgroup -m "not slow" --junitxml=$(BUILD)/test-results.xml
 
 regress: $(STAMP)
 	@mkdir -p $(BUILD)
-	HYPOTHESIS_PROFILE=long $(PY) -m pytest -n $(JOBS) --junitxml=$(BUILD)/regress-results.xml
+	HYPOTHESIS_PROFILE=long $(PY) -m pytest -n $(JOBS) --dist loadgroup --junitxml=$(BUILD)/regress-results.xml
 
 bench: $(STAMP)
 	$(PY) scripts/bench_model.py --out $(BUILD)/bench

@@ -24,6 +24,13 @@ counters have reached the targets Python set (``want_*``), so a burst ends on
 ``RisingEdge(done)``; a DUT that stops producing output never raises it and the
 testbench's cycle limit names the stream that stalled.
 
+A Type 1 SmartNic (``cxl_type=1``) has no DRAM and no CXL.mem: the harness
+then has no ``m2s`` source and no NDR/DRS sinks, and passes the six CXL.cache
+channels through as its own ports, which the testbench's home agent
+(:class:`~cxlnic.tb.cxl_home.CxlHomeAgent`, host memory holding the tables)
+drives every cycle; words are not gated (the testbench orders host writes and
+frames itself).
+
 Simulation only (the ``$readmemh``/``$fwrite`` modules have no hardware meaning).
 """
 
@@ -46,7 +53,7 @@ from cxlnic.hdl.smartnic import SmartNic
 
 __all__ = ["SystemHarness", "system_config", "system_harness", "run_system_sim", "SYSTEM_SCENARIOS", "SYSTEM_BUILD",
            "DRAM_LATENCY", "SimDram", "VERILOG_IO", "SOURCES", "SINKS", "RxWord", "ReinjectWord", "M2SWord",
-           "HDM_BASE"]
+           "HDM_BASE", "TYPE1_BUILD", "TYPE1_SCENARIOS", "TYPE2_ONLY", "sources_of", "sinks_of"]
 
 VERILOG_IO = Path(__file__).resolve().parent / "hdl" / "cxlnic_hexio.v"
 #: HPA line of device line 0 (the table image's line 0).
@@ -54,6 +61,10 @@ HDM_BASE = 0x1000
 #: Scenarios of the system run: the generator's own, plus two that drive the flow table itself
 #: (``storm``: bulk inserts during traffic; ``nearfull``: a table filled to 97 % first).
 SYSTEM_SCENARIOS = ("mixed", "reactive", "conntrack", "static", "malformed", "storm", "nearfull")
+#: Scenarios that need a Type 2 device (frames gated in hardware on CXL.mem completions while writes
+#: stream), and the ones a Type 1 device runs.
+TYPE2_ONLY = ("storm",)
+TYPE1_SCENARIOS = tuple(s for s in SYSTEM_SCENARIOS if s not in TYPE2_ONLY)
 #: The SmartNic build parameters of the system simulation, and its DRAM's read latency in cycles.
 SYSTEM_BUILD = {"lookups": 64, "frame_fifo": 128}
 DRAM_LATENCY = 40
@@ -65,23 +76,46 @@ def system_config() -> NicConfig:
                      n_ports=16, max_frame=1518)
 
 
-def system_harness() -> SystemHarness:
-    return SystemHarness(SmartNic(system_config(), **SYSTEM_BUILD), dram_latency=DRAM_LATENCY)
+#: Type 1 builds: the CXL.cache agent's geometry and the host line of image line 0.
+TYPE1_BUILD = {"cache_sets": 64, "cache_ways": 4, "cache_trackers": 16, "host_base": HDM_BASE}
 
 
-def run_system_sim(env: dict, *, build_dir: Path | None = None, seed: int = 1, testcase: str = "system") -> Path:
+def system_harness(cxl_type: int = 2) -> SystemHarness:
+    extra = TYPE1_BUILD if cxl_type == 1 else {}
+    return SystemHarness(SmartNic(system_config(), cxl_type=cxl_type, **SYSTEM_BUILD, **extra),
+                         dram_latency=DRAM_LATENCY)
+
+
+def sources_of(cxl_type: int) -> dict:
+    """The harness's sources for a device type (Type 1 has no CXL.mem requests to play)."""
+    return {k: v for k, v in SOURCES.items() if cxl_type == 2 or k != "m2s"}
+
+
+def sinks_of(cxl_type: int) -> dict:
+    """The harness's sinks for a device type (Type 1 has no CXL.mem responses to log)."""
+    return {k: v for k, v in SINKS.items() if cxl_type == 2 or k not in ("ndr", "drs")}
+
+
+def run_system_sim(env: dict, *, build_dir: Path | None = None, seed: int = 1, testcase: str = "system",
+                   cxl_type: int = 2) -> Path:
     """Build (or reuse) the system harness under Verilator and run ``tb/test_system.py`` with ``env``
-    (``CXLNIC_*`` options, see that module).  The simulation works in ``<CXLNIC_SIM_OUT>/run`` (its
-    stream files, results and waves).  Returns that folder; raises AssertionError when the run fails."""
+    (``CXLNIC_*`` options, see that module) on a Type ``cxl_type`` device.  The simulation works in
+    ``<CXLNIC_SIM_OUT>/run`` (its stream files, results and waves).  Returns that folder; raises
+    AssertionError when the run fails."""
     from cxlnic.tb.sim import run_cocotb, source_key
 
     cfg = system_config()
-    env = {"CXLNIC_CAP_BYTES": str(frame_cap_beats(cfg) * BEAT_BYTES), **env}
+    env = {"CXLNIC_CAP_BYTES": str(frame_cap_beats(cfg) * BEAT_BYTES), "CXLNIC_TYPE": str(cxl_type), **env}
     if env.get("CXLNIC_SIM_OUT"):                 # the simulation runs in its own folder: absolute paths
         env["CXLNIC_SIM_OUT"] = str(Path(env["CXLNIC_SIM_OUT"]).resolve())
     run_dir = Path(env["CXLNIC_SIM_OUT"]) / "run" if env.get("CXLNIC_SIM_OUT") else None
-    key = source_key(repr(cfg), SYSTEM_BUILD, DRAM_LATENCY)
-    run_cocotb(system_harness, "cxlnic.tb.test_system", gen_key=key, params="system", sources=[VERILOG_IO],
+    if cxl_type == 1:
+        key = source_key(repr(cfg), SYSTEM_BUILD, TYPE1_BUILD)
+        top, params = (lambda: system_harness(1)), "system1"
+    else:
+        key = source_key(repr(cfg), SYSTEM_BUILD, DRAM_LATENCY)
+        top, params = system_harness, "system"
+    run_cocotb(top, "cxlnic.tb.test_system", gen_key=key, params=params, sources=[VERILOG_IO],
                public_top_only=True, extra_env=env, build_dir=build_dir, seed=seed, test_dir=run_dir, testcase=testcase)
     return run_dir
 
@@ -177,14 +211,20 @@ class SystemHarness(wiring.Component):
     def __init__(self, nic: SmartNic, *, dram_latency: int = 40, src_depth: int = 1 << 16):
         self.nic = nic
         self.cfg = nic.cfg
+        self.cxl_type = nic.cxl_type
         self.dram_latency = dram_latency
         self.src_depth = src_depth
-        members = {"done": Out(1), "cycle": Out(32), "dram_oob": Out(1), "flush_files": In(1), "out_stall": In(8),
-                   "nic_flush": In(1), "flush_done": Out(1),
-                   "want_frames": In(32), "want_ndr": In(32), "want_drs": In(32),
-                   "frames": Out(32), "ndr": Out(32), "drs": Out(32), "visible": Out(32), "bisnp": Out(32),
-                   "stats": Out(StatsLayout), "mem_stats": Out(CxlMemStats)}
-        for s in SOURCES:
+        members = {"done": Out(1), "cycle": Out(32), "flush_files": In(1), "out_stall": In(8),
+                   "nic_flush": In(1), "flush_done": Out(1), "want_frames": In(32), "frames": Out(32),
+                   "visible": Out(32), "stats": Out(StatsLayout)}
+        if self.cxl_type == 2:
+            members |= {"dram_oob": Out(1), "want_ndr": In(32), "want_drs": In(32), "ndr": Out(32), "drs": Out(32),
+                        "bisnp": Out(32), "mem_stats": Out(CxlMemStats)}
+        else:
+            nm = nic.signature.members
+            members |= {n: nm[n] for n in ("d2h_req", "d2h_rsp", "d2h_data", "h2d_req", "h2d_rsp", "h2d_data",
+                                           "mirrors_loaded", "sync_busy", "cache_stats")}
+        for s in sources_of(self.cxl_type):
             members |= {f"{s}_load": In(1), f"{s}_count": In(32), f"{s}_pos": Out(32)}
         super().__init__(members)
 
@@ -195,19 +235,32 @@ class SystemHarness(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         m.submodules.nic = nic = self.nic
+        type2 = self.cxl_type == 2
         cyc = Signal(32)
         m.d.sync += cyc.eq(cyc + 1)
-        m.d.comb += [self.cycle.eq(cyc), nic.hdm_base.eq(HDM_BASE), nic.hdm_size.eq(self.cfg.image_lines),
-                     nic.flush.eq(self.nic_flush), self.flush_done.eq(nic.flush_done),
-                     self.stats.eq(nic.stats), self.mem_stats.eq(nic.mem_stats)]
+        m.d.comb += [self.cycle.eq(cyc), nic.flush.eq(self.nic_flush), self.flush_done.eq(nic.flush_done),
+                     self.stats.eq(nic.stats)]
+        if type2:
+            m.d.comb += [nic.hdm_base.eq(HDM_BASE), nic.hdm_size.eq(self.cfg.image_lines),
+                         self.mem_stats.eq(nic.mem_stats)]
+        else:
+            flip = wiring.flipped
+            for name in ("h2d_req", "h2d_rsp", "h2d_data"):
+                wiring.connect(m, flip(getattr(self, name)), getattr(nic, name))
+            for name in ("d2h_req", "d2h_rsp", "d2h_data"):
+                wiring.connect(m, getattr(nic, name), flip(getattr(self, name)))
+            m.d.comb += [self.mirrors_loaded.eq(nic.mirrors_loaded), self.sync_busy.eq(nic.sync_busy),
+                         self.cache_stats.eq(nic.cache_stats)]
         lfsr = Signal(16, init=0xACE1)
         m.d.sync += lfsr.eq(lfsr[1:] | (lfsr[0] ^ lfsr[2] ^ lfsr[3] ^ lfsr[5]) << 15)
         sink_ready = Signal()
         m.d.comb += sink_ready.eq(lfsr[:8] >= self.out_stall)
 
         # -- sources -----------------------------------------------------------------
+        # a word waits for its gate: that many NDRs (Type 2; Type 1 words are never gated)
+        gate_count = self.ndr if type2 else Signal(32)
         srcs = {}
-        for name, (layout, fname) in SOURCES.items():
+        for name, (layout, fname) in sources_of(self.cxl_type).items():
             word = Signal(layout, name=f"{name}_word")
             valid, ready = Signal(name=f"{name}_valid"), Signal(name=f"{name}_ready")
             m.submodules[f"src_{name}"] = Instance(
@@ -216,42 +269,43 @@ class SystemHarness(wiring.Component):
                 i_count=getattr(self, f"{name}_count"), o_valid=valid, i_ready=ready, o_data=word,
                 o_pos=getattr(self, f"{name}_pos"))
             open_ = Signal(name=f"{name}_open")
-            m.d.comb += open_.eq(valid & (self.ndr >= word.gate))
+            m.d.comb += open_.eq(valid & (gate_count >= word.gate))
             srcs[name] = (word, valid, ready, open_)
 
         word, _, ready, open_ = srcs["rx"]
         m.d.comb += [nic.i.valid.eq(open_), nic.i.payload.eq(word.beat), ready.eq(nic.i.ready)]
         word, _, ready, open_ = srcs["ri"]
         m.d.comb += [nic.reinject.valid.eq(open_), nic.reinject.payload.eq(word.r), ready.eq(nic.reinject.ready)]
-        word, _, ready, open_ = srcs["m2s"]
-        m.d.comb += [nic.m2s_req.valid.eq(open_ & ~word.is_rwd), nic.m2s_req.payload.eq(word.req),
-                     nic.m2s_rwd.valid.eq(open_ & word.is_rwd), nic.m2s_rwd.payload.eq(word.rwd),
-                     ready.eq(open_ & (word.is_rwd & nic.m2s_rwd.ready | ~word.is_rwd & nic.m2s_req.ready))]
+        streams = {"out": nic.o, "upcall": nic.upcall, "drop": nic.drop}
+        if type2:
+            word, _, ready, open_ = srcs["m2s"]
+            m.d.comb += [nic.m2s_req.valid.eq(open_ & ~word.is_rwd), nic.m2s_req.payload.eq(word.req),
+                         nic.m2s_rwd.valid.eq(open_ & word.is_rwd), nic.m2s_rwd.payload.eq(word.rwd),
+                         ready.eq(open_ & (word.is_rwd & nic.m2s_rwd.ready | ~word.is_rwd & nic.m2s_req.ready))]
 
-        # -- back-invalidation snoops: answered at once, the host holds no line -----------
-        bi_pend = Signal()
-        bi_id, bi_tag = Signal(12), Signal(12)
-        m.d.comb += [nic.s2m_bisnp.ready.eq(~bi_pend), nic.m2s_birsp.valid.eq(bi_pend),
-                     nic.m2s_birsp.payload.opcode.eq(BIRspOpcode.I), nic.m2s_birsp.payload.bi_id.eq(bi_id),
-                     nic.m2s_birsp.payload.bi_tag.eq(bi_tag)]
-        with m.If(nic.s2m_bisnp.valid & ~bi_pend):
-            m.d.sync += [bi_pend.eq(1), bi_id.eq(nic.s2m_bisnp.payload.bi_id), bi_tag.eq(nic.s2m_bisnp.payload.bi_tag),
-                         self.bisnp.eq(self.bisnp + 1)]
-        with m.Elif(nic.m2s_birsp.ready):
-            m.d.sync += bi_pend.eq(0)
+            # -- back-invalidation snoops: answered at once, the host holds no line ---------
+            bi_pend = Signal()
+            bi_id, bi_tag = Signal(12), Signal(12)
+            m.d.comb += [nic.s2m_bisnp.ready.eq(~bi_pend), nic.m2s_birsp.valid.eq(bi_pend),
+                         nic.m2s_birsp.payload.opcode.eq(BIRspOpcode.I), nic.m2s_birsp.payload.bi_id.eq(bi_id),
+                         nic.m2s_birsp.payload.bi_tag.eq(bi_tag)]
+            with m.If(nic.s2m_bisnp.valid & ~bi_pend):
+                m.d.sync += [bi_pend.eq(1), bi_id.eq(nic.s2m_bisnp.payload.bi_id),
+                             bi_tag.eq(nic.s2m_bisnp.payload.bi_tag), self.bisnp.eq(self.bisnp + 1)]
+            with m.Elif(nic.m2s_birsp.ready):
+                m.d.sync += bi_pend.eq(0)
+            streams |= {"ndr": nic.s2m_ndr, "drs": nic.s2m_drs}
 
         # -- sinks ------------------------------------------------------------------
-        streams = {"out": nic.o, "upcall": nic.upcall, "drop": nic.drop, "ndr": nic.s2m_ndr, "drs": nic.s2m_drs}
         fire = {}
         for name, st in streams.items():
             m.d.comb += st.ready.eq(sink_ready)
             fire[name] = st.valid & st.ready
-        logged = dict(streams)
         vis = Signal(32)
         m.d.comb += vis.eq(nic.wr_visible_addr)
         fire["vis"] = nic.wr_visible
-        for name, (layout, fname) in SINKS.items():
-            payload = logged[name].payload if name in logged else vis
+        for name, (layout, fname) in sinks_of(self.cxl_type).items():
+            payload = streams[name].payload if name in streams else vis
             m.submodules[f"sink_{name}"] = Instance(
                 "cxlnic_hexsink", p_W=32 + data.Layout.cast(layout).size, p_FILE=fname, i_clk=ClockSignal(),
                 i_valid=fire[name], i_ready=1, i_data=Cat(cyc, payload), i_flush=self.flush_files)
@@ -260,14 +314,17 @@ class SystemHarness(wiring.Component):
         with m.If(fire["out"] & nic.o.payload.beat.last | fire["upcall"] & nic.upcall.payload.beat.last
                   | fire["drop"]):
             m.d.sync += self.frames.eq(self.frames + 1)
+        with m.If(nic.wr_visible):
+            m.d.sync += self.visible.eq(self.visible + 1)
+        played = Signal()
+        m.d.comb += played.eq(Cat(*[v for _w, v, _r, _o in srcs.values()]) == 0)
+        if not type2:
+            m.d.comb += self.done.eq(played & (self.frames >= self.want_frames))
+            return m
         with m.If(fire["ndr"]):
             m.d.sync += self.ndr.eq(self.ndr + 1)
         with m.If(fire["drs"]):
             m.d.sync += self.drs.eq(self.drs + 1)
-        with m.If(nic.wr_visible):
-            m.d.sync += self.visible.eq(self.visible + 1)
-        played = Signal()
-        m.d.comb += played.eq(~srcs["rx"][1] & ~srcs["ri"][1] & ~srcs["m2s"][1])
         m.d.comb += self.done.eq(played & (self.frames >= self.want_frames) & (self.ndr >= self.want_ndr)
                                  & (self.drs >= self.want_drs))
 

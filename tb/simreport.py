@@ -35,7 +35,14 @@ def print_report(doc: dict, f) -> None:
         print(f"== install -> first fast-path packet (cycles, over {lat['n']} flows) == p50 {lat['p50']}, "
               f"p90 {lat['p90']}, p99 {lat['p99']}, max {lat['max']}  "
               f"(@{CLOCK_MHZ} MHz: p50 {us['p50']:.1f} us, p99 {us['p99']:.1f} us)", file=f)
-    print(f"== CXL.mem == {doc['cxl_writes']} line writes (MemWr), back-invalidations {doc['bisnp']}", file=f)
+    if doc.get("cxl_type", 2) == 2:
+        print(f"== CXL.mem == {doc['cxl_writes']} line writes (MemWr), back-invalidations {doc['bisnp']}", file=f)
+    else:
+        cc, st = doc["rtl_stats"]["cxl_cache"], doc["rtl_stats"]
+        print(f"== CXL.cache == {st['host_writes']} host line writes, {st['host_reads']} host line reads; device "
+              f"cache {cc['hits']} hits / {cc['misses']} misses, {cc['evictions']} evictions, {cc['snoops']} snoops "
+              f"answered; mirrors: {cc['refetches']} lines refetched, {cc['bucket_reports']} bucket lines "
+              f"reported; errors {cc['errors'] + cc['read_errors']}", file=f)
     print(f"== rate == {doc['packets_per_cycle']} received packets/cycle ({doc['rx_beats_per_cycle']} beats/cycle: "
           f"1.0 is line rate) during traffic bursts; {doc['epochs']} epochs of <= {doc['burst']} frames / "
           f"{doc['epoch_ms']} ms of trace; {doc['cycles']} cycles in all", file=f)

@@ -52,7 +52,7 @@ from cocotb.triggers import FallingEdge, First, RisingEdge, Timer
 
 from cxlnic.config import NicConfig
 from cxlnic.hdl.cxl_mem import MetaField, MetaValue, ReqOpcode, RwdOpcode, SnpType
-from cxlnic.hdl.datapath import UpcallReason
+from cxlnic.hdl.datapath import STATS, UpcallReason
 from cxlnic.hdl.layouts import LINE_BYTES
 from cxlnic.hdl.parser import BEAT_BYTES
 from cxlnic.model.actions import Verdict
@@ -68,13 +68,18 @@ from cxlnic.tb.harness import (
     SINKS,
     SOURCES,
     SYSTEM_BUILD,
+    TYPE1_BUILD,
+    TYPE1_SCENARIOS,
+    TYPE2_ONLY,
     M2SWord,
     ReinjectWord,
     RxWord,
+    sinks_of,
+    sources_of,
     system_config,
 )
 
-__all__ = ["SystemTB", "run_system", "StuckError", "Scoreboard", "percentiles"]
+__all__ = ["SystemTB", "SystemTB1", "run_system", "StuckError", "Scoreboard", "percentiles"]
 
 def _offs(layout) -> dict:
     out = {}
@@ -161,10 +166,13 @@ class Burst:
 
 
 class SystemTB:
-    """Drives :class:`~cxlnic.tb.harness.SystemHarness` a burst at a time through its files."""
+    """Drives :class:`~cxlnic.tb.harness.SystemHarness` (Type 2) a burst at a time through its files."""
+
+    cxl_type = 2
 
     def __init__(self, dut, cfg: NicConfig, *, cap_beats: int, out_stall: int = 0, workdir: Path | None = None):
         self.dut, self.cfg, self.cap_beats = dut, cfg, cap_beats
+        self.sources, self.sinks = sources_of(self.cxl_type), sinks_of(self.cxl_type)
         self.out_stall = out_stall
         self.dir = Path(workdir or os.getcwd())
         self.tot = Totals()
@@ -177,13 +185,14 @@ class SystemTB:
 
     async def reset(self) -> None:
         d = self.dut
-        idle = {"out_stall": self.out_stall, "nic_flush": 0, "want_frames": 0, "want_ndr": 0, "want_drs": 0,
-                "flush_files": 0}
-        for s in SOURCES:
+        idle = {"out_stall": self.out_stall, "nic_flush": 0, "want_frames": 0, "flush_files": 0}
+        if self.cxl_type == 2:
+            idle |= {"want_ndr": 0, "want_drs": 0}
+        for s in self.sources:
             idle |= {f"{s}_load": 0, f"{s}_count": 0}
         await clock_and_reset(d, idle)
         await RisingEdge(d.clk)
-        for name, (_l, fname) in SINKS.items():
+        for name, (_l, fname) in self.sinks.items():
             self._files[name] = open(self.dir / fname)          # noqa: SIM115 - read incrementally
 
     def close(self) -> None:
@@ -229,10 +238,14 @@ class SystemTB:
         t.frames += frames
         t.ndr += ndr
         t.drs += drs
-        d.want_frames.value, d.want_ndr.value, d.want_drs.value = t.frames, t.ndr, t.drs
+        d.want_frames.value = t.frames
+        if self.cxl_type == 2:
+            d.want_ndr.value, d.want_drs.value = t.ndr, t.drs
         for name, words in (("rx", rx), ("ri", ri), ("m2s", m2s)):
             if not words:
                 continue
+            if name not in self.sources:
+                raise ValueError(f"{what}: a Type {self.cxl_type} harness has no {name} source")
             if len(words) > SRC_DEPTH:
                 raise ValueError(f"{what}: {len(words)} {name} words in one burst, the harness holds {SRC_DEPTH}")
             path = self.dir / SOURCES[name][1]
@@ -242,7 +255,7 @@ class SystemTB:
         t0 = time.perf_counter()
         await FallingEdge(d.clk)                  # the loads were taken at the rising edge before
         start = int(d.cycle.value)
-        for name in SOURCES:
+        for name in self.sources:
             getattr(d, f"{name}_load").value = 0
         # wait for done; a window of WATCHDOG cycles in which no stream moved means the DUT is stuck
         last = None
@@ -269,6 +282,8 @@ class SystemTB:
         if got != t.frames:
             self.errors.append(f"{what}: the device sent {got - (t.frames - frames)} frames, {frames} expected")
         t.frames = got
+        if self.cxl_type == 1:
+            return b
         t.ndr, t.drs = int(d.ndr.value), int(d.drs.value)
         if int(d.dram_oob.value) and not self._oob:
             self._oob = True
@@ -277,17 +292,24 @@ class SystemTB:
 
     def _progress(self) -> tuple:
         d = self.dut
-        return tuple(int(getattr(d, n).value) for n in ("rx_pos", "ri_pos", "m2s_pos", "frames", "ndr", "drs"))
+        names = ("rx_pos", "ri_pos", "m2s_pos", "frames", "ndr", "drs") if self.cxl_type == 2 else \
+            ("rx_pos", "ri_pos", "frames")
+        return tuple(int(getattr(d, n).value) for n in names)
 
     def _stuck(self, what, rx, ri, m2s) -> str:
         d = self.dut
         t = self.tot
         parts = [f"{what}: the device stopped: no stream moved in {WATCHDOG} cycles (cycle {int(d.cycle.value)})"]
         for name, words in (("rx", rx), ("reinject", ri), ("m2s", m2s)):
+            if not words:
+                continue
             pos = int(getattr(d, f"{'ri' if name == 'reinject' else name}_pos").value)
-            if words and pos < len(words):
+            if pos < len(words):
                 parts.append(f"input stream {name}: {pos} of {len(words)} words accepted")
-        for name, want in (("frames (out+upcall+drop)", t.frames), ("s2m_ndr", t.ndr), ("s2m_drs", t.drs)):
+        outs = [("frames (out+upcall+drop)", t.frames)]
+        if self.cxl_type == 2:
+            outs += [("s2m_ndr", t.ndr), ("s2m_drs", t.drs)]
+        for name, want in outs:
             key = {"s2m_ndr": "ndr", "s2m_drs": "drs"}.get(name, "frames")
             got = int(getattr(d, key).value)
             if got < want:
@@ -329,6 +351,9 @@ class SystemTB:
             self._partial[name] = cur
         o = _SINK_OFFS["drop"]
         b.drop = [(c, v >> o["reason"] & 3, v >> o["in_port"] & 0xFF) for c, v in self._lines("drop")]
+        b.vis = [(c, v) for c, v in self._lines("vis")]
+        if self.cxl_type == 1:
+            return b
         o = _SINK_OFFS["ndr"]
         b.ndr = [(c, v >> o["opcode"] & 7, v >> o["tag"] & 0xFFFF) for c, v in self._lines("ndr")]
         o = _SINK_OFFS["drs"]
@@ -338,7 +363,6 @@ class SystemTB:
                 self.errors.append(f"DRS at cycle {c}: opcode {v >> o['opcode'] & 7}, poison {v >> o['poison'] & 1} "
                                    "(every read here is of a mapped, clean line: MemData, no poison)")
             b.drs.append((c, v >> o["tag"] & 0xFFFF, v >> o["data"] & _LINE_MASK))
-        b.vis = [(c, v) for c, v in self._lines("vis")]
         return b
 
     async def write_lines(self, writes, *, what="table writes") -> None:
@@ -395,6 +419,129 @@ class SystemTB:
                 raise AssertionError(f"{what}: no data for the read of line {line} (tag {tag})")
             out.append(by_tag[tag].pop(0).to_bytes(LINE_BYTES, "little"))
         return out
+
+
+    async def install_and_play(self, writes, ri, rx, frames: int, what: str) -> Burst:
+        """One slow-path phase: MemWr every ``(line, bytes)`` of ``writes`` and play the reinjected
+        words ``ri`` gated on the last write's Cmp (and the received words ``rx``, whose gates the
+        caller set) in one burst; checks the NDRs; returns the burst."""
+        gate = self.tot.ndr + len(writes)
+        ri = [wd | gate << _RI["gate"] for wd in ri]
+        words, tags = [], []
+        for line, raw in writes:
+            words.append(self.write_word(line, raw))
+            tags.append(self.tag)
+        b = await self.play(m2s=words, ri=ri, rx=rx, ndr=len(words), frames=frames, what=what)
+        self.check_ndr(what, b, tags)
+        return b
+
+    def stats(self) -> dict:
+        """The device's 32-bit counters by block."""
+        from cxlnic.hdl.cxl_mem import CXL_MEM_STATS
+        d = self.dut
+        return {"datapath": _unpack32(int(d.stats.value), STATS),
+                "cxl_mem": _unpack32(int(d.mem_stats.value), CXL_MEM_STATS)}
+
+
+def _unpack32(v: int, names) -> dict:
+    return {n: v >> (32 * k) & _MASK32 for k, n in enumerate(names)}
+
+
+class SystemTB1(SystemTB):
+    """Drives a Type 1 :class:`~cxlnic.tb.harness.SystemHarness`: the tables are in host memory,
+    held by a :class:`~cxlnic.tb.cxl_home.CxlHomeAgent` that answers the device's CXL.cache
+    requests every cycle (random per-message delays, reordering, snoops of lines the device may
+    hold).  Host writes are the home agent's (snoop-invalidate the device's copy, then write):
+    the testbench issues a phase's writes while no frame is in flight, waits until they have
+    all completed at the host and the device's MirrorSync is idle, then plays the frames, so
+    frames are never gated in hardware.  Host reads (counters, table read-back) are the home
+    agent's reads, which snoop back lines the device owns; counter reads flush the device's
+    counter deltas first."""
+
+    cxl_type = 1
+
+    def __init__(self, dut, cfg: NicConfig, *, seed: int = 1, **kw):
+        super().__init__(dut, cfg, **kw)
+        self.seed = seed
+        self.home = None
+        self.host_writes = 0
+        self.host_reads = 0
+
+    async def reset(self) -> None:
+        from cxlnic.tb.cxl_home import CxlHomeAgent
+        self.home = CxlHomeAgent(self.dut, self.cfg.image_lines, base=TYPE1_BUILD["host_base"], seed=self.seed)
+        await super().reset()
+        await self._until(lambda: int(self.dut.mirrors_loaded.value), "the mirror load after reset")
+
+    async def _until(self, cond, what: str, futs=()) -> None:
+        """Run the clock until ``cond()`` holds (checked every 8 cycles); a window of WATCHDOG
+        cycles in which the home agent saw no message means the device is stuck."""
+        d = self.dut
+        last, since = len(self.home.core.log), int(d.cycle.value)
+        while not cond():
+            await Timer(8 * CLOCK_NS, unit="ns")
+            now = int(d.cycle.value)
+            n = len(self.home.core.log)
+            if n != last:
+                last, since = n, now
+            elif now - since > WATCHDOG:
+                left = sum(not f.done for f in futs)
+                raise StuckError(f"{what}: the device stopped: no CXL.cache message in {WATCHDOG} cycles "
+                                 f"(cycle {now}; {left} host accesses pending, sync_busy "
+                                 f"{int(d.sync_busy.value)}, mirrors_loaded {int(d.mirrors_loaded.value)})")
+
+    async def write_lines(self, writes, *, what="table writes") -> None:
+        """Host-write every ``(line, bytes)`` (all issued at once: no frame is in flight), then wait
+        until every write has completed and MirrorSync has applied what the snoops reported."""
+        t0 = time.perf_counter()
+        futs = [self.home.core.host_write(line, raw) for line, raw in writes]
+        self.host_writes += len(futs)
+        await self._until(lambda: all(f.done for f in futs), what, futs)
+        await Timer(4 * CLOCK_NS, unit="ns")         # the last snoop's inval reaches MirrorSync
+        await self._until(lambda: not int(self.dut.sync_busy.value), f"{what} (mirror refetches)")
+        self.rtl_wall += time.perf_counter() - t0
+
+    async def install_and_play(self, writes, ri, rx, frames: int, what: str) -> Burst:
+        await self.write_lines(writes, what=what)
+        return await self.play(ri=ri, rx=rx, frames=frames, what=what)
+
+    async def read_lines(self, lines, what="reads") -> list[bytes]:
+        """Host reads (snooping back what the device owns); counter lines after a flush."""
+        t0 = time.perf_counter()
+        c0 = self.cfg.regions()["counters"][0]
+        if any(x >= c0 for x in lines):
+            await self.flush(what)
+        futs = [self.home.core.host_read(line) for line in lines]
+        self.host_reads += len(futs)
+        await self._until(lambda: all(f.done for f in futs), what, futs)
+        self.rtl_wall += time.perf_counter() - t0
+        return [f.value for f in futs]
+
+    async def flush(self, what: str) -> None:
+        d = self.dut
+        await FallingEdge(d.clk)
+        d.nic_flush.value = 1
+        await FallingEdge(d.clk)
+        d.nic_flush.value = 0
+        seen = [False]
+
+        async def watch():
+            while True:
+                await RisingEdge(d.clk)
+                if int(d.flush_done.value):
+                    seen[0] = True
+                    return
+        import cocotb
+        task = cocotb.start_soon(watch())
+        await self._until(lambda: seen[0], f"{what}: counter flush")
+        task.cancel()
+
+    def stats(self) -> dict:
+        from cxlnic.hdl.smartnic import CacheStats
+        d = self.dut
+        return {"datapath": _unpack32(int(d.stats.value), STATS),
+                "cxl_cache": _unpack32(int(d.cache_stats.value), [n for n, _f in CacheStats]),
+                "home": dict(self.home.core.stats), "host_writes": self.host_writes, "host_reads": self.host_reads}
 
 
 # ------------------------------------------------------------------------------------------- the run
@@ -483,8 +630,9 @@ def _epochs(trace, burst: int, span: float):
 async def run_system(dut, *, scenario: str, packets: int, seed: int, burst: int = 1024, epoch_ms: float = 2.0,
                      out_stall: int = 0,
                      pcap: str | None = None, rules: str | None = None, out_dir: str | None = None,
-                     progress: bool = False, age_interval: float = 5.0, tenants: int = 4) -> dict:
-    """One whole system run; returns the report (also written to ``out_dir``/report.json)."""
+                     progress: bool = False, age_interval: float = 5.0, tenants: int = 4, cxl_type: int = 2) -> dict:
+    """One whole system run on a Type ``cxl_type`` device; returns the report (also written to
+    ``out_dir``/report.json)."""
     from cxlnic.model.rulelang import load_rules, parse_rules
     from cxlnic.model.scenario import Packet, generate, read_pcap, write_pcap
 
@@ -501,19 +649,25 @@ async def run_system(dut, *, scenario: str, packets: int, seed: int, burst: int 
         sc = generate(base, packets=packets, seed=seed, tenants=tenants)
         rule_list, trace = parse_rules(sc.rules_text, "scenario"), sc.packets
         source = f"scenario {scenario!r} ({packets} packets, seed {seed}, {tenants} tenants)"
+    if cxl_type == 1 and scenario in TYPE2_ONLY:
+        raise ValueError(f"scenario {scenario!r} needs Type 2 (its frames are gated on CXL.mem completions "
+                         f"while writes stream); Type 1 runs {', '.join(TYPE1_SCENARIOS)}")
     rng = random.Random(seed)
-    tb = SystemTB(dut, cfg, cap_beats=cap // BEAT_BYTES, out_stall=out_stall)
+    if cxl_type == 1:
+        tb = SystemTB1(dut, cfg, cap_beats=cap // BEAT_BYTES, out_stall=out_stall, seed=seed)
+    else:
+        tb = SystemTB(dut, cfg, cap_beats=cap // BEAT_BYTES, out_stall=out_stall)
     await tb.reset()
     mem = QueuedMemory(cfg.image_lines)
     mem.apply(format_image(cfg))
     sp = SlowPath(mem, cfg)
     sp.install_rules(rule_list)
     sb = Scoreboard(log)
-    rep = {"scenario": scenario, "input": source, "seed": seed, "packets": len(trace), "burst": burst,
-           "epoch_ms": epoch_ms,
+    rep = {"scenario": scenario, "cxl_type": cxl_type, "input": source, "seed": seed, "packets": len(trace),
+           "burst": burst, "epoch_ms": epoch_ms,
            "config": {"n_buckets": cfg.n_buckets, "n_stash": cfg.n_stash, "cam_entries": cfg.cam_entries,
-                      "n_rules": cfg.n_rules, "counters": sp.counters.n,
-                      **SYSTEM_BUILD, "dram_latency": DRAM_LATENCY}}
+                      "n_rules": cfg.n_rules, "counters": sp.counters.n, **SYSTEM_BUILD,
+                      **({"dram_latency": DRAM_LATENCY} if cxl_type == 2 else TYPE1_BUILD)}}
     paths = {"flow": 0, "cam": 0, "upcall": 0, "exception": 0}
     extra_paths = dict(paths)               # storm: frames of present flows and gated copies
     verdicts = {"out": 0, "upcall": 0, "drop": 0}
@@ -525,11 +679,11 @@ async def run_system(dut, *, scenario: str, packets: int, seed: int, burst: int 
     lat_install: list[int] = []
     pending_first: dict[int, int] = {}      # flow id -> cycle of the upcall that installed it
 
-    # 1. the image: format, hash key, rules and actions, all by CXL.mem writes
+    # 1. the image: format, hash key, rules and actions, all by CXL writes
     w = mem.take()
     await tb.write_lines(w, what="image load")
     writes_total += len(w)
-    log.info("image: %d lines written through CXL.mem", len(w))
+    log.info("image: %d lines written through %s", len(w), "CXL.mem" if cxl_type == 2 else "host memory")
 
     fill_failures = 0
     if scenario == "nearfull":          # fill the flow table with unrelated flows first
@@ -644,17 +798,10 @@ async def run_system(dut, *, scenario: str, packets: int, seed: int, burst: int 
                 extra_exp.append(e)
                 if n >= len(hot_now):
                     slow["gated_fast"] += e.path == "flow"
-        gate_ri = tb.tot.ndr + len(writes)
-        ri_words = [wd | gate_ri << _RI["gate"] for wd in ri_words]
-        wwords, wtags = [], []
-        for line, raw in writes:
-            wwords.append(tb.write_word(line, raw))
-            wtags.append(tb.tag)
-        if wwords or ri_words or extra_rx:
-            b2 = await tb.play(m2s=wwords, ri=ri_words, rx=extra_rx, ndr=len(wwords),
-                               frames=len(ri_exp) + len(extra_exp), what=f"slow path after frame {start}")
-            tb.check_ndr(f"slow path after frame {start}", b2, wtags)
-            writes_total += len(wwords)
+        if writes or ri_words or extra_rx:
+            b2 = await tb.install_and_play(writes, ri_words, extra_rx, len(ri_exp) + len(extra_exp),
+                                           f"slow path after frame {start}")
+            writes_total += len(writes)
             slow["reinjected"] += len(ri_exp)
             rx_exp = extra_exp
             # reinjected and received frames interleave on the outputs: split them by the model's order
@@ -682,13 +829,10 @@ async def run_system(dut, *, scenario: str, packets: int, seed: int, burst: int 
     lines = list(range(end))
     got = await tb.read_lines(lines, what="table read-back")
     sb.lines("table read-back", "table_lines", lines, got, [mem.read_line(x) for x in lines])
-    st = {}
-    v = int(dut.mem_stats.value)
-    from cxlnic.hdl.cxl_mem import CXL_MEM_STATS
-    from cxlnic.hdl.datapath import STATS
-    st["cxl_mem"] = {n: v >> (32 * k) & _MASK32 for k, n in enumerate(CXL_MEM_STATS)}
-    v = int(dut.stats.value)
-    st["datapath"] = {n: v >> (32 * k) & _MASK32 for k, n in enumerate(STATS)}
+    st = tb.stats()
+    if cxl_type == 1:
+        for v in tb.home.core.violations:
+            sb._bad("CXL.cache protocol (home agent)", v)
     for k in ("flow", "cam"):
         if st["datapath"][k] != paths[k] + extra_paths[k]:
             sb._bad("path counters", f"rtl {k} {st['datapath'][k]}, model {paths[k]} (trace) + "
@@ -701,7 +845,7 @@ async def run_system(dut, *, scenario: str, packets: int, seed: int, burst: int 
         "flows": {"installed": dict(sp.stats.flows_installed), "deleted": dict(sp.stats.flows_deleted),
                   "live": len(list(sp.flows.entries())),
                   "load": round(sp.flows.load, 4)},
-        "cxl_writes": writes_total, "bisnp": int(dut.bisnp.value),
+        "cxl_writes": writes_total, "bisnp": int(dut.bisnp.value) if cxl_type == 2 else None,
         "install_to_fast_path_cycles": percentiles(lat_install), "install_to_fast_path_samples": lat_install,
         "packets_per_cycle": round(rx_frames / rx_cycles, 4) if rx_cycles else None,
         "rx_beats_per_cycle": round(rx_beats / rx_cycles, 4) if rx_cycles else None, "epochs": epochs,

@@ -7,7 +7,8 @@ One test, ``system``, whose run is chosen by the environment (set by
 after that many received frames or that much scenario time), ``CXLNIC_OUT_STALL``
 (0..255: sinks refuse a beat with probability ~n/256), ``CXLNIC_PCAP`` +
 ``CXLNIC_RULES`` (a capture and a rules file instead of a scenario),
-``CXLNIC_SIM_OUT`` (folder for report.json and out.pcap), ``CXLNIC_PROGRESS``.
+``CXLNIC_SIM_OUT`` (folder for report.json and out.pcap), ``CXLNIC_PROGRESS``, ``CXLNIC_TYPE``
+(1 or 2: the device type the harness was built as, set by ``run_system_sim``).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ async def system(dut):
         epoch_ms=float(env("CXLNIC_EPOCH_MS", "2")),
         out_stall=int(env("CXLNIC_OUT_STALL", "0")), pcap=env("CXLNIC_PCAP") or None,
         rules=env("CXLNIC_RULES") or None, out_dir=env("CXLNIC_SIM_OUT") or None,
-        progress=env("CXLNIC_PROGRESS", "0") == "1")
+        progress=env("CXLNIC_PROGRESS", "0") == "1", cxl_type=int(env("CXLNIC_TYPE", "2")))
     dut._log.info("system run: %s", {k: rep[k] for k in ("scenario", "packets", "mismatches", "paths",
                                                            "slow_path", "packets_per_wall_s")})
     # every received frame came back on exactly one stream (the device's own counters)

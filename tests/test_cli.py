@@ -104,7 +104,7 @@ def test_gen_then_sim_with_files(tmp_path, capsys):
 
 @pytest.mark.parametrize("argv,message", [
     (["--type", "3"], "TYPE=3: must be 1"),
-    (["--type", "1"], "Type 1 top"),
+    (["--type", "1", "--scenario", "storm"], "SCENARIO=storm with TYPE=1"),
     (["--packets", "5"], "at least 20 packets"),
     (["--burst", "0"], "--burst 0"),
     (["--scenario", "storms"], "unknown scenario 'storms'"),
