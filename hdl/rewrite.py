@@ -5,9 +5,10 @@ against it in Amaranth's simulator and under Verilator): VXLAN decap, VLAN pop, 
 field sets, VLAN modify/push, VXLAN encap and the verdict.  See :class:`HeaderRewriter`.
 """
 
-from amaranth.hdl import Cat, Const, Module, Mux, Signal
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, Value
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.fifo import SyncFIFOBuffered
+from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from cxlnic.config import NicConfig
@@ -53,15 +54,33 @@ CAP_BEATS = -(-CAP_BYTES // BEAT_BYTES)
 #: Computed output bytes of a frame: OUT_HDR, behind the VXLAN_OVERHEAD outer headers on encap.
 HEAD = OUT_HDR + VXLAN_OVERHEAD
 #: Cycles from the edge that accepts a frame's last beat to the edge that raises ``o.valid`` with
-#: its first beat, when the output side is idle (plus ``pre`` = 0..2, see :class:`HeaderRewriter`).
-LATENCY = 6
+#: its first beat, when the output side is idle (plus ``pre`` = 0..2, see :class:`HeaderRewriter`):
+#: the capture, 10 header pipeline stages, the descriptor RAM write, its read, the output's idle
+#: cycle and the output's two register stages.
+LATENCY = 16
+#: Frames between the capture of their last beat and the end of their output (descriptor RAM entries).
+DESCS = 16
 
 #: The output beat: the rewritten frame's beat and the packet's verdict (:class:`Verdict`
 #: encoding) and output port.
 RewriteOut = data.StructLayout({"beat": Beat, "verdict": 2, "out_port": 8})
 
+#: A frame's descriptor, written by the header pipeline: the first OUT_HDR bytes of the frame after
+#: steps 1-4, the variable fields of the VXLAN encap header that depend on them, the output length
+#: and the shift (see :class:`HeaderRewriter`).
 _Desc = data.StructLayout({
-    "hdr": 8 * HEAD, "encap": 1, "pre": 2, "rot": 6, "length": 16, "verdict": 2, "out_port": 8, "in_port": 8,
+    "out": 8 * OUT_HDR, "length": 16, "pre": 2, "rot": 6, "total": 16, "ulen": 16, "ecs": 16,
+})
+#: A frame's side entry, written when it is captured: what the output side takes from the action as is.
+_Side = data.StructLayout({
+    "encap": 1, "eth_dst": 48, "eth_src": 48, "ip_src": 32, "ip_dst": 32, "udp_src": 16, "vni": 24,
+    "verdict": 2, "out_port": 8, "in_port": 8,
+})
+#: The action fields the header pipeline carries past the pop (``esum``: the encap header's IPv4
+#: checksum sum bar the total length).
+_LateAct = data.StructLayout({
+    "vlan_set": 1, "vlan_vid": 12, "vlan_pcp": 3, "set_ipv4_src": 1, "set_ipv4_dst": 1, "set_tp_src": 1,
+    "set_tp_dst": 1, "ipv4_src": 32, "ipv4_dst": 32, "tp_src": 16, "tp_dst": 16, "vxlan_encap": 1, "esum": 19,
 })
 
 
@@ -79,11 +98,20 @@ def _wire(value, n):
     return Cat(*[value[8 * j: 8 * j + 8] for j in reversed(range(n))])
 
 
-def _popcount(bits):
-    terms = [bits[i] for i in range(len(bits))]
-    while len(terms) > 1:
-        terms = [terms[i] + terms[i + 1] if i + 1 < len(terms) else terms[i] for i in range(0, len(terms), 2)]
-    return terms[0]
+def _keep_count(keep):
+    """The number of ones of ``keep``, which is contiguous from bit 0 (a thermometer code): count
+    bit b is set iff the count lies in some [lo, lo + 2^b) with lo = 2^b mod 2^(b + 1), i.e. iff
+    ``keep[lo - 1] & ~keep[lo + 2^b - 1]`` for one such lo.  An and-or a few LUTs deep, where a
+    popcount is an adder tree six carry chains deep."""
+    n = len(keep)
+    bits = []
+    for b in range(n.bit_length()):
+        step = 1 << b
+        hit = Const(0, 1)
+        for lo in range(step, n + 1, 2 * step):
+            hit = hit | (keep[lo - 1] & (~keep[lo + step - 1] if lo + step - 1 < n else 1))
+        bits.append(hit)
+    return Cat(*bits)
 
 
 def _fold(s):
@@ -91,57 +119,94 @@ def _fold(s):
     return (s1[:16] + s1[16:])[:16]
 
 
-def _csum_replace16(hc, old, new):
-    """RFC 1624 eqn. 3, as :func:`cxlnic.model.actions.csum_replace16`."""
-    return ~_fold((~hc)[:16] + (~old)[:16] + new)
-
-
-def _sig(m, shape, name, value):
-    s = Signal(shape, name=name)
-    m.d.comb += s.eq(value)
+def _r(m, value, name):
+    """``value`` one cycle later: a pipeline register (the header pipeline never stalls, so no enable)."""
+    shape = value.shape() if isinstance(value, data.View) else Value.cast(value).shape()
+    s = Signal(shape, name=name, reset_less=True)
+    m.d.sync += s.eq(value)
     return s
 
 
-def _parse(m, p, w, ln):
-    """``parse_headers(check_size=False, tunnels=False)`` of the frame ``w`` (``ln`` bytes long):
-    ``ok`` (no exception) and the fields the rewrite needs.  Only "no exception" matters, so the
-    checks are simply and-ed; fields are garbage when their checks fail."""
-    has_eth = _sig(m, 1, f"{p}_has_eth", ln >= ETH_HLEN)
-    vlan = _sig(m, 1, f"{p}_vlan", _be(w, 12, 2) == ETH_VLAN)
-    l2ok = _sig(m, 1, f"{p}_l2ok", has_eth & (~vlan | (ln >= ETH_HLEN + VLAN_HLEN)))
-    et = Mux(vlan, _be(w, 16, 2), _be(w, 12, 2))
-    ip = _sig(m, 8 * 60, f"{p}_ip", Mux(vlan, w[8 * 18: 8 * 78], w[8 * 14: 8 * 74]))
-    avail = _sig(m, 17, f"{p}_avail", ln - Mux(vlan, ETH_HLEN + VLAN_HLEN, ETH_HLEN))
-    is4 = _sig(m, 1, f"{p}_is4", et == ETH_IPV4)
-    is6 = _sig(m, 1, f"{p}_is6", et == ETH_IPV6)
-    ihl = _byte(ip, 0)[:4]
-    hlen = Cat(Const(0, 2), ihl)
-    total = _be(ip, 2, 2)
-    frag = (_byte(ip, 6)[:6] != 0) | (_byte(ip, 7) != 0)
-    ok4 = _sig(m, 1, f"{p}_ok4", (avail >= IPV4_HLEN) & (_byte(ip, 0)[4:] == 4) & (ihl >= IPV4_HLEN // 4)
-               & (hlen <= avail) & (total >= hlen) & (total <= avail) & ~frag)
-    plen = _be(ip, 4, 2)
-    nh = _byte(ip, 6)
-    ext = Const(0, 1)
-    for x in sorted(IPV6_EXT_HEADERS):
-        ext = ext | (nh == x)
-    ok6 = _sig(m, 1, f"{p}_ok6", (avail >= IPV6_HLEN) & (_byte(ip, 0)[4:] == 6) & (plen + IPV6_HLEN <= avail)
-               & ~ext)
-    proto = Mux(is4, _byte(ip, 9), nh)
-    l4len = _sig(m, 16, f"{p}_l4len", Mux(is4, total - hlen, plen))
-    tcp = _sig(m, 1, f"{p}_tcp", proto == IP_TCP)
-    udp = _sig(m, 1, f"{p}_udp", proto == IP_UDP)
-    l4chk = (~tcp | (l4len >= TCP_HLEN)) & (~udp | (l4len >= UDP_HLEN))
-    ipok = _sig(m, 1, f"{p}_ipok", l2ok & ((is4 & ok4) | (is6 & ok6)) & l4chk)
-    ok = _sig(m, 1, f"{p}_ok", Mux(is4 | is6, ipok, l2ok))
-    slot = _sig(m, 4, f"{p}_slot", vlan + Mux(is4, ihl, IPV6_HLEN // 4) - IPV4_HLEN // 4)
-    l4 = Signal(8 * L4_WIN, name=f"{p}_l4")
+def _stage(m, k, vals):
+    """The dict of values ``vals`` registered as pipeline stage ``k`` (lists: element-wise)."""
+    out = {}
+    for n, v in vals.items():
+        if isinstance(v, list):
+            out[n] = [_r(m, x, f"s{k}_{n}{i}") for i, x in enumerate(v)]
+        else:
+            out[n] = _r(m, v, f"s{k}_{n}")
+    return out
+
+
+def _adds(terms, levels):
+    """``levels`` levels of a pairwise adder tree over ``terms`` (widening, so the sums are exact)."""
+    for _ in range(levels):
+        terms = [terms[i] + terms[i + 1] if i + 1 < len(terms) else terms[i] for i in range(0, len(terms), 2)]
+    return terms
+
+
+def _slot_mux(m, name, w, slot, base, nbytes):
+    """The ``nbytes`` bytes of ``w`` at ``base + 4 * slot`` (0 for a slot past L4_SLOTS)."""
+    s = Signal(8 * nbytes, name=name)
     with m.Switch(slot):
         for n in range(L4_SLOTS):
             with m.Case(n):
-                m.d.comb += l4.eq(w[8 * (L4_BASE + 4 * n): 8 * (L4_BASE + 4 * n + L4_WIN)])
-    return dict(has_eth=has_eth, vlan=vlan, l2ok=l2ok, is4=is4, ip=ip, ihl=ihl, tcp=tcp, udp=udp, l4len=l4len,
-                ipok=ipok, ok=ok, slot=slot, l4=l4)
+                m.d.comb += s.eq(w[8 * (base + 4 * n): 8 * (base + 4 * n + nbytes)])
+    return s
+
+
+def _parse_a(w):
+    """First half of ``parse_headers(check_size=False, tunnels=False)`` of the frame in window ``w``:
+    everything that does not depend on the frame's length, from its first 28 bytes only (so it can
+    also run on a frame's first beat).  Fields are garbage where their checks fail."""
+    vlan = _be(w, 12, 2) == ETH_VLAN
+    base = Mux(vlan, ETH_HLEN + VLAN_HLEN, ETH_HLEN)
+
+    def ipb(k):         # byte k of the IP header
+        return Mux(vlan, _byte(w, ETH_HLEN + VLAN_HLEN + k), _byte(w, ETH_HLEN + k))
+
+    # each comparison on both candidate offsets, then the mux: shallower than mux-then-compare
+    is4 = Mux(vlan, _be(w, 16, 2) == ETH_IPV4, _be(w, 12, 2) == ETH_IPV4)
+    is6 = Mux(vlan, _be(w, 16, 2) == ETH_IPV6, _be(w, 12, 2) == ETH_IPV6)
+    b0 = ipb(0)
+    ihl = b0[:4]
+    hlen = Cat(Const(0, 2), ihl)
+    total = Cat(ipb(3), ipb(2))
+    plen = Cat(ipb(5), ipb(4))
+    nh = ipb(6)
+    ext = Const(0, 1)
+    for x in sorted(IPV6_EXT_HEADERS):
+        ext = ext | (nh == x)
+    proto = Mux(is4, ipb(9), nh)
+    return dict(
+        vlan=vlan, is4=is4, is6=is6, ihl=ihl, tcp=proto == IP_TCP, udp=proto == IP_UDP,
+        ver4=b0[4:] == 4, ver6=b0[4:] == 6, ihl_ok=ihl >= IPV4_HLEN // 4, tot_ok=total >= hlen,
+        frag=(ipb(6)[:6] != 0) | (ipb(7) != 0), ext=ext,
+        l4len=Mux(is4, total - hlen, plen)[:16],
+        slot=(vlan + Mux(is4, ihl, IPV6_HLEN // 4) - IPV4_HLEN // 4)[:4],
+        # the "fits in the frame" bounds as frame lengths (avail = ln - base >= x  <=>  ln >= base + x:
+        # exact wherever it matters, as every check below is and-ed with l2ok, i.e. ln >= base)
+        h4=base + hlen, t4=base + total, l6=base + IPV6_HLEN + plen,
+    )
+
+
+def _parse_b(a, ln):
+    """Second half of the parse: the checks against the frame length ``ln``, from the registered
+    :func:`_parse_a` fields ``a``.  ``ok`` (no exception) and ``ipok`` (IPv4/IPv6 with a sane L4)."""
+    vlan = a["vlan"]
+    has_eth = ln >= ETH_HLEN
+    l2ok = has_eth & (~vlan | (ln >= ETH_HLEN + VLAN_HLEN))
+    ok4 = (ln >= Mux(vlan, ETH_HLEN + VLAN_HLEN + IPV4_HLEN, ETH_HLEN + IPV4_HLEN)) & a["ver4"] & a["ihl_ok"] \
+        & (ln >= a["h4"]) & a["tot_ok"] & (ln >= a["t4"]) & ~a["frag"]
+    ok6 = (ln >= Mux(vlan, ETH_HLEN + VLAN_HLEN + IPV6_HLEN, ETH_HLEN + IPV6_HLEN)) & a["ver6"] \
+        & (ln >= a["l6"]) & ~a["ext"]
+    l4chk = (~a["tcp"] | (a["l4len"] >= TCP_HLEN)) & (~a["udp"] | (a["l4len"] >= UDP_HLEN))
+    ipok = l2ok & ((a["is4"] & ok4) | (a["is6"] & ok6)) & l4chk
+    return dict(ipok=ipok, ok=Mux(a["is4"] | a["is6"], ipok, l2ok))
+
+
+def _tagged(vlan, ln):
+    return vlan & (ln >= ETH_HLEN + VLAN_HLEN)
 
 
 class HeaderRewriter(wiring.Component):
@@ -168,16 +233,21 @@ class HeaderRewriter(wiring.Component):
       verdict; ``ct_commit`` changes nothing.
     * Store and forward: the frame is buffered whole (whether a rewrite applies depends
       on the frame length: the size, IP/L4 and UDP length checks) while its first
-      :data:`CAP_BYTES` bytes are captured.  Two register stages then compute (1) the
-      VXLAN parse and the (inner) frame's :data:`HDR_WIN`-byte window, (2) the first
-      :data:`HEAD` output bytes (the 50 encap bytes, then :data:`OUT_HDR` rewritten bytes;
-      without encap only the :data:`OUT_HDR`), the output length and the shift ``s``:
-      every later output byte ``q`` is input byte ``q + s``, ``s = decap offset (0, or
-      50..94) + 4 pop - 4 push - 50 encap`` (-54..98).  The output side skips
+      :data:`CAP_BYTES` bytes are captured.  A pipeline of 10 register stages that never
+      stalls then computes (VXLAN parse, the (inner) frame's :data:`HDR_WIN`-byte
+      window, pop, the parse of the result, the checksums as pipelined adder trees, the
+      write-back and push) the frame's descriptor into a block RAM of :data:`DESCS` entries:
+      the :data:`OUT_HDR` rewritten bytes, the variable fields of the 50 encap bytes, the
+      output length and the shift ``s``: every later output byte ``q`` is input byte
+      ``q + s``, ``s = decap offset (0, or 50..94) + 4 pop - 4 push - 50 encap``
+      (-54..98).  A frame's last beat is only accepted when a descriptor entry is free
+      (entries are freed when a frame has left).  The output side skips
       ``pre = max(0, ceil(s / 64))`` (0..2) input beats, then streams the buffered beats
-      through a byte barrel shifter (the previous and the current beat, shifted by a
-      per-frame amount) at one beat per cycle, and finally drops input beats past the
-      output's end (outer padding of a decapsulated frame, an empty last beat).
+      (through a 3-beat FIFO, so no block RAM output feeds logic) through a byte barrel
+      shifter (the previous and the current beat, shifted by a per-frame amount) at one beat
+      per cycle, the first :data:`HEAD` bytes (with encap; :data:`OUT_HDR` without) taken from
+      the descriptor, into two output register stages, and finally drops input beats past
+      the output's end (outer padding of a decapsulated frame, an empty last beat).
       ``depth`` beats of buffer (default: two maximum frames, so one frame streams in
       while the previous one streams out).  Precondition: a frame has at most
       ``depth - 1`` beats (``max_frame`` bytes plus an empty last beat always fit);
@@ -187,8 +257,8 @@ class HeaderRewriter(wiring.Component):
       output beats: one beat per cycle of the longer of the two, plus at most
       ``1 + pre`` <= 3 idle cycles per frame (``pre`` is 0 without decap and pop, 1 for a
       pop without a push, 1 or 2 for a decap without encap, 0 or 1 for decap + encap).  Latency: ``o.valid`` with the
-      frame's first beat rises on the (:data:`LATENCY` + ``pre``)th = 6th..8th rising
-      edge counting the one that accepts its last input beat, when ``o`` was idle.
+      frame's first beat rises on the (:data:`LATENCY` + ``pre``)th rising edge counting the
+      one that accepts its last input beat, when ``o`` was idle.
     * Order: frames leave in input order; the whole block stalls on ``o`` backpressure;
       ``valid`` never depends on ``ready``.
     """
@@ -233,131 +303,218 @@ class HeaderRewriter(wiring.Component):
     def depth(self) -> int:
         return self._depth
 
-    # -- step 1: VXLAN decap (combinational, from one captured frame) ---------------------
-    def _decap(self, m, cap, length, a):
-        """Whether ``a`` decapsulates the frame ``cap`` (``length`` bytes); the (inner) frame's window,
-        length and offset."""
-        o = _parse(m, "dx_o", cap, length)
-        l4 = o["l4"]
+    # -- the header pipeline: stage k is registered as s{k}_*; each stage's logic is a few LUT
+    # levels or two carry chains deep.  Stage 1 is the capture (hbuf, the outer parse's first
+    # half, taken from the frame's first beat, the action); it writes the side entry.
+    def _pipeline(self, m, v1, hbuf, oa, a, length):
+        """The descriptor of the frame captured in stage 1 (``v1``): returns (valid, _Desc value)."""
+        # -- stage 1 -> 2: the outer L4 header and the candidate inner window (both by the outer
+        # slot, known since the first beat), the size check
+        s = _stage(m, 2, dict(
+            v=v1, oa=list(oa.values()), len=length,
+            o_l4=_slot_mux(m, "c1_o_l4", hbuf, oa["slot"], L4_BASE, L4_WIN),
+            iwin=_slot_mux(m, "c1_iwin", hbuf, oa["slot"], INNER_BASE, HDR_WIN),
+            owin=hbuf[:8 * HDR_WIN],
+            size_ok=(length >= self._min_frame) & (length <= self._max_frame),
+            to=_tagged(oa["vlan"], length),
+            off=INNER_BASE + 4 * oa["slot"],
+            decap=a.vxlan_decap, pop=a.vlan_pop, set_eth_src=a.set_eth_src, set_eth_dst=a.set_eth_dst,
+            eth_src=a.eth_src, eth_dst=a.eth_dst,
+            act=self._late_act(m, a),
+        ))
+        oa2 = dict(zip(oa.keys(), s["oa"], strict=True))
+
+        # -- 2 -> 3: the outer checks and the VXLAN test (steps of vxlan_decap); the inner parse's
+        # first half.  ilen >= 18 <=> ulen >= 34 (wherever it matters: under vx, ulen >= 16)
+        ob = _parse_b(oa2, s["len"])
+        l4 = s["o_l4"]
         ulen = _be(l4, 4, 2)
-        size_ok = (length >= self._min_frame) & (length <= self._max_frame)
-        vx = _sig(m, 1, "dx_vxlan", o["ipok"] & o["udp"] & (_be(l4, 2, 2) == VXLAN_PORT) & (ulen <= o["l4len"])
-                  & (ulen >= UDP_HLEN + VXLAN_HLEN) & _byte(l4, UDP_HLEN)[3])
-        iwin = Signal(8 * HDR_WIN, name="dx_iwin")
-        with m.Switch(o["slot"]):
-            for n in range(L4_SLOTS):
-                with m.Case(n):
-                    m.d.comb += iwin.eq(cap[8 * (INNER_BASE + 4 * n): 8 * (INNER_BASE + 4 * n + HDR_WIN)])
-        ilen = _sig(m, 16, "dx_ilen", ulen - UDP_HLEN - VXLAN_HLEN)
-        inner = _parse(m, "dx_i", iwin, ilen)
-        dec = _sig(m, 1, "dx_decap", a.vxlan_decap & size_ok & vx & inner["ok"])
-        return (Mux(dec, iwin, cap[:8 * HDR_WIN]), Mux(dec, ilen, length),
-                Mux(dec, INNER_BASE + 4 * o["slot"], 0))
+        vx = (ob["ipok"] & oa2["udp"] & (_be(l4, 2, 2) == VXLAN_PORT) & (ulen <= oa2["l4len"])
+              & (ulen >= UDP_HLEN + VXLAN_HLEN) & _byte(l4, UDP_HLEN)[3])
+        ia = _parse_a(s["iwin"])
+        inner_len = (ulen - (UDP_HLEN + VXLAN_HLEN))[:16]
+        s = _stage(m, 3, dict(
+            v=s["v"], ia=list(ia.values()), vx=vx, ilen=inner_len, ilen_pop=(ulen - (UDP_HLEN + VXLAN_HLEN + 4))[:16],
+            ieth=ulen >= UDP_HLEN + VXLAN_HLEN + ETH_HLEN,
+            ti=ia["vlan"] & (ulen >= UDP_HLEN + VXLAN_HLEN + ETH_HLEN + VLAN_HLEN),
+            len=s["len"], len_pop=(s["len"] - VLAN_HLEN)[:16], oeth=s["len"] >= ETH_HLEN,
+            **{k: s[k] for k in ("iwin", "owin", "size_ok", "to", "off", "decap", "pop", "set_eth_src",
+                                 "set_eth_dst", "eth_src", "eth_dst", "act")}))
+        ia3 = dict(zip(ia.keys(), s["ia"], strict=True))
 
-    # -- steps 2-5: the header computation (combinational, from the (inner) frame's window) --
-    def _compute(self, m, hdr, length, a):
-        """The first HEAD output bytes, the output length and whether a tag was popped / pushed."""
-        def sig(shape, name, value):
-            return _sig(m, shape, name, value)
+        # -- 3 -> 4: the inner checks -> decap or not
+        ib = _parse_b(ia3, s["ilen"])
+        s = _stage(m, 4, dict(
+            v=s["v"], dec=s["decap"] & s["size_ok"] & s["vx"] & ib["ok"], pop_i=s["pop"] & s["ti"],
+            pop_o=s["pop"] & s["to"],
+            **{k: s[k] for k in ("ilen", "ilen_pop", "len", "len_pop", "ieth", "oeth", "off", "set_eth_src",
+                                 "set_eth_dst", "iwin", "owin", "eth_src", "eth_dst", "act")}))
 
-        # step 2: vlan_pop
-        tagged0 = sig(1, "rw_tagged0", (length >= ETH_HLEN + VLAN_HLEN) & (_be(hdr, 12, 2) == ETH_VLAN))
-        popped = sig(1, "rw_popped", a.vlan_pop & tagged0)
-        w0 = sig(8 * HDR_WIN, "rw_w0", Mux(popped, Cat(hdr[:8 * 12], hdr[8 * 16:]), hdr))
-        ln = sig(16, "rw_len1", Mux(popped, length - VLAN_HLEN, length))
+        # -- 4 -> 5: vlan_pop: the (inner) frame after it is an and-or of four candidate windows;
+        # the MAC rewrites (step 3a)
+        dec, pop_i, pop_o = s["dec"], s["pop_i"], s["pop_o"]
+        popped = Mux(dec, pop_i, pop_o)
+        # a popped frame had >= 18 bytes, so still has an Ethernet header
+        heth = popped | Mux(dec, s["ieth"], s["oeth"])
+        ln = Mux(dec, Mux(pop_i, s["ilen_pop"], s["ilen"]), Mux(pop_o, s["len_pop"], s["len"]))
+        off = Mux(dec, s["off"], 0)
 
-        # step 3a: MAC rewrites
-        has_eth = sig(1, "rw_eth", ln >= ETH_HLEN)
-        w1 = Signal(8 * HDR_WIN, name="rw_w1")
+        def popw(w):
+            return Cat(w[:8 * 12], w[8 * 16:], Const(0, 8 * VLAN_HLEN))
+        sel = [dec & pop_i, dec & ~pop_i, ~dec & pop_o, ~dec & ~pop_o]
+        w0 = ((popw(s["iwin"]) & sel[0].replicate(8 * HDR_WIN)) | (s["iwin"] & sel[1].replicate(8 * HDR_WIN))
+              | (popw(s["owin"]) & sel[2].replicate(8 * HDR_WIN)) | (s["owin"] & sel[3].replicate(8 * HDR_WIN)))
+        w1 = Signal(8 * HDR_WIN, name="c4_w1")
         m.d.comb += w1.eq(w0)
-        with m.If(has_eth & a.set_eth_src):
-            m.d.comb += w1[8 * 6: 8 * 12].eq(_wire(a.eth_src, 6))
-        with m.If(has_eth & a.set_eth_dst):
-            m.d.comb += w1[0: 8 * 6].eq(_wire(a.eth_dst, 6))
+        with m.If(s["set_eth_src"] & heth):
+            m.d.comb += w1[8 * 6: 8 * 12].eq(_wire(s["eth_src"], 6))
+        with m.If(s["set_eth_dst"] & heth):
+            m.d.comb += w1[0: 8 * 6].eq(_wire(s["eth_dst"], 6))
+        s = _stage(m, 5, dict(v=s["v"], w=w1, ln=ln, popped=popped, off=off, act=s["act"]))
 
-        # the parse of the current frame (parse_headers(check_size=False, tunnels=False))
-        p = _parse(m, "rw_p", w1, ln)
-        vlan, ip, ihl, tcp, udp, slot, l4 = p["vlan"], p["ip"], p["ihl"], p["tcp"], p["udp"], p["slot"], p["l4"]
-        ip_ok = sig(1, "rw_ip_ok", p["ipok"] & p["is4"])
-        tp_ok = sig(1, "rw_tp_ok", p["ipok"] & (tcp | udp))
+        # -- 5 -> 6: the parse's first half on the current frame; vlan_set's decision (step 4:
+        # bytes 12..15 are not changed by steps 3b..3d)
+        a = s["act"]
+        w, ln = s["w"], s["ln"]
+        pa = _parse_a(w)
+        tagged1 = _tagged(pa["vlan"], ln)
+        push = a.vlan_set & ~tagged1 & (ln >= ETH_HLEN)
+        s = _stage(m, 6, dict(
+            v=s["v"], pa=list(pa.values()), ip=Mux(pa["vlan"], w[8 * 18: 8 * 78], w[8 * 14: 8 * 74]),
+            push=push, modify=a.vlan_set & tagged1, olen=Mux(push, ln + VLAN_HLEN, ln)[:16],
+            w=w, ln=ln, popped=s["popped"], off=s["off"], act=a))
+        pa6 = dict(zip(pa.keys(), s["pa"], strict=True))
 
-        # set_ipv4_*, set_tp_*: the L4 checksum chain, step by step as _replace_words does
+        # -- 6 -> 7: the parse's checks, the L4 header; first sums.  RFC 1624: chaining
+        # HC' = ~(~HC + ~m + m') over the changed words (as _replace_words does) equals one
+        # sum ~HC + sum(~m_i + m'_i) folded once: the end-around-carry fold only depends on the
+        # sum modulo 0xFFFF and on whether it is zero, and so does every partial step (for UDP
+        # the step's 0 -> 0xFFFF also keeps the residue).  So the words' deltas are summed in
+        # a tree here and below.
+        a = s["act"]
+        ip, ihl, olen = s["ip"], pa6["ihl"], s["olen"]
+        pb = _parse_b(pa6, s["ln"])
+        # the new IPv4 header's words bar the checksum (0) and the addresses (added at 7 -> 8)
+        ipw = [_be(ip, 2 * j, 2) for j in range(5)]
+        ipw += [Mux(j < 2 * ihl, _be(ip, 2 * j, 2), 0) for j in range(10, 30)]
+
+        def delta(old, new):
+            return (~old)[:16] + new
+        enc = a.vxlan_encap
+        s = _stage(m, 7, dict(
+            v=s["v"], ipok=pb["ipok"], is4=pa6["is4"], tcp=pa6["tcp"], udp=pa6["udp"], slot=pa6["slot"],
+            vlan=pa6["vlan"], l4=_slot_mux(m, "c6_l4", s["w"], pa6["slot"], L4_BASE, L4_WIN),
+            ipw=_adds(ipw, 2),
+            src_old=_be(ip, 12, 2) + _be(ip, 14, 2), dst_old=_be(ip, 16, 2) + _be(ip, 18, 2),
+            src_new=a.ipv4_src[16:] + a.ipv4_src[:16], dst_new=a.ipv4_dst[16:] + a.ipv4_dst[:16],
+            d_src=delta(_be(ip, 12, 2), a.ipv4_src[16:]) + delta(_be(ip, 14, 2), a.ipv4_src[:16]),
+            d_dst=delta(_be(ip, 16, 2), a.ipv4_dst[16:]) + delta(_be(ip, 18, 2), a.ipv4_dst[:16]),
+            total=(olen + (IPV4_HLEN + UDP_HLEN + VXLAN_HLEN))[:16], ulen=(olen + (UDP_HLEN + VXLAN_HLEN))[:16],
+            length=Mux(enc, olen + VXLAN_OVERHEAD, olen)[:16],
+            # output byte q >= HEAD (OUT_HDR without encap) is input byte q + s; biased: u = s + 127,
+            # pre = max(0, ceil(s / 64)) = u // 64 - 1, and the byte offset into Cat(prev, head) is u % 64 + 1
+            shift=(2 * BEAT_BYTES - 1 + s["off"] + Cat(Const(0, 2), s["popped"]) - Cat(Const(0, 2), s["push"])
+                   - Mux(enc, VXLAN_OVERHEAD, 0))[:8],
+            **{k: s[k] for k in ("w", "push", "modify", "act")}))
+
+        # -- 7 -> 8: which steps apply; the L4 sum's terms (a skipped step adds 0); the IPv4 sum
+        a = s["act"]
+        l4 = s["l4"]
+        ip_ok = s["ipok"] & s["is4"]
+        tp_ok = s["ipok"] & (s["tcp"] | s["udp"])
         do = {
             "ip_src": ip_ok & a.set_ipv4_src, "ip_dst": ip_ok & a.set_ipv4_dst,
             "tp_src": tp_ok & a.set_tp_src, "tp_dst": tp_ok & a.set_tp_dst,
         }
-        steps = [
-            ("ip_src", [(_be(ip, 12, 2), a.ipv4_src[16:]), (_be(ip, 14, 2), a.ipv4_src[:16])]),
-            ("ip_dst", [(_be(ip, 16, 2), a.ipv4_dst[16:]), (_be(ip, 18, 2), a.ipv4_dst[:16])]),
-            ("tp_src", [(_be(l4, 0, 2), a.tp_src)]),
-            ("tp_dst", [(_be(l4, 2, 2), a.tp_dst)]),
-        ]
-        hc = sig(16, "rw_hc0", Mux(tcp, _be(l4, 16, 2), _be(l4, 6, 2)))
-        for name, words in steps:
-            new = hc
-            for old, val in words:
-                new = _csum_replace16(new, old, val)
-            new = sig(16, f"rw_hc_{name}_raw", new)
-            new = Mux(udp & (new == 0), 0xFFFF, new)
-            hc = sig(16, f"rw_hc_{name}", Mux(do[name] & (tcp | udp) & ~(udp & (hc == 0)), new, hc))
-        src = Mux(do["ip_src"], a.ipv4_src, _be(ip, 12, 4))
-        dst = Mux(do["ip_dst"], a.ipv4_dst, _be(ip, 16, 4))
-        ip_new = sig(8 * 60, "rw_ip_new", Cat(ip[:8 * 10], Const(0, 16), _wire(src, 4), _wire(dst, 4), ip[8 * 20:]))
-        words = [Mux(j < 2 * ihl, _be(ip_new, 2 * j, 2), 0) for j in range(30)]
-        while len(words) > 1:
-            words = [words[k] + words[k + 1] if k + 1 < len(words) else words[k] for k in range(0, len(words), 2)]
-        ip_csum = sig(16, "rw_ip_csum", ~_fold(words[0]))
-        ip_fields = Cat(_wire(ip_csum, 2), _wire(src, 4), _wire(dst, 4))
-        sport = Mux(do["tp_src"], a.tp_src, _be(l4, 0, 2))
-        dport = Mux(do["tp_dst"], a.tp_dst, _be(l4, 2, 2))
-        l4_new = sig(8 * L4_WIN, "rw_l4_new", Cat(
-            _wire(sport, 2), _wire(dport, 2), l4[8 * 4: 8 * 6],
-            Mux(udp, _wire(hc, 2), l4[8 * 6: 8 * 8]), l4[8 * 8: 8 * 16],
-            Mux(tcp, _wire(hc, 2), l4[8 * 16: 8 * 18]), l4[8 * 18:]))
-        w2 = Signal(8 * HDR_WIN, name="rw_w2")
-        m.d.comb += w2.eq(w1)
-        with m.If(do["ip_src"] | do["ip_dst"]):
-            with m.If(vlan):
-                m.d.comb += w2[8 * 28: 8 * 38].eq(ip_fields)
-            with m.Else():
-                m.d.comb += w2[8 * 24: 8 * 34].eq(ip_fields)
-        # ip_ok on TCP/UDP implies tp_ok: the checksum (and any port) is written back here
-        with m.If(tp_ok):
-            with m.Switch(slot):
-                for n in range(L4_SLOTS):
-                    with m.Case(n):
-                        m.d.comb += w2[8 * (L4_BASE + 4 * n): 8 * (L4_BASE + 4 * n + L4_WIN)].eq(l4_new)
+        hc0 = Mux(s["tcp"], _be(l4, 16, 2), _be(l4, 6, 2))
+        x0 = (~hc0)[:16] + Mux(do["tp_src"], delta(_be(l4, 0, 2), a.tp_src), 0)
+        x1 = Mux(do["ip_src"], s["d_src"], 0) + Mux(do["ip_dst"], s["d_dst"], 0)
+        x2 = Mux(do["tp_dst"], delta(_be(l4, 2, 2), a.tp_dst), 0)
+        s = _stage(m, 8, dict(
+            v=s["v"], x=[x0, x1, x2], ipw=_adds(s["ipw"], 2),
+            ipa=Mux(do["ip_src"], s["src_new"], s["src_old"]) + Mux(do["ip_dst"], s["dst_new"], s["dst_old"]),
+            # UDP: a zero checksum means "none" and stays
+            hc0=hc0, keep=s["udp"] & (hc0 == 0), tcp=s["tcp"], udp=s["udp"], tp_ok=tp_ok, esum=a.esum + s["total"],
+            do=Cat(*do.values()), sport=_be(l4, 0, 2), dport=_be(l4, 2, 2),
+            **{k: s[k] for k in ("slot", "vlan", "total", "ulen", "length", "shift", "w", "push", "modify",
+                                 "act")}))
 
-        # step 4: vlan_set
-        tagged1 = sig(1, "rw_tagged1", (ln >= ETH_HLEN + VLAN_HLEN) & (_be(w2, 12, 2) == ETH_VLAN))
-        push = sig(1, "rw_push", a.vlan_set & ~tagged1 & has_eth)
+        # -- 8 -> 9: the sums' last adders; the encap header's IPv4 checksum
+        s = _stage(m, 9, dict(
+            v=s["v"], l4sum=_adds(s["x"], 2)[0], ipsum=_adds(s["ipw"] + [s["ipa"]], 2)[0],
+            ecs=~_fold(s["esum"][:20]),
+            **{k: s[k] for k in ("hc0", "keep", "tcp", "udp", "tp_ok", "do", "sport", "dport", "slot", "vlan",
+                                 "total", "ulen", "length", "shift", "w", "push", "modify", "act")}))
+
+        # -- 9 -> 10: the folds (RFC 1624 eqn. 3 and the IPv4 header checksum)
+        s = _stage(m, 10, dict(
+            v=s["v"], l4new=~_fold(s["l4sum"]), ip_csum=~_fold(s["ipsum"]),
+            **{k: s[k] for k in ("hc0", "keep", "tcp", "udp", "tp_ok", "do", "sport", "dport", "slot", "vlan",
+                                 "ecs", "total", "ulen", "length", "shift", "w", "push", "modify", "act")}))
+
+        # -- 10 -> 11: the L4 checksum (UDP: a computed 0 is sent as 0xFFFF)
+        new = s["l4new"]
+        s = _stage(m, 11, dict(
+            v=s["v"], hc=Mux(s["keep"], s["hc0"], Mux(s["udp"] & (new == 0), 0xFFFF, new)),
+            **{k: s[k] for k in ("tcp", "udp", "tp_ok", "do", "sport", "dport", "slot", "vlan", "ip_csum",
+                                 "ecs", "total", "ulen", "length", "shift", "w", "push", "modify", "act")}))
+
+        # -- 11 -> the descriptor: write back the changed fields (steps 3c, 3d), vlan_set (step 4)
+        a = s["act"]
+        do_ip_src, do_ip_dst, do_tp_src, do_tp_dst = s["do"]
+        w2 = Signal(8 * HDR_WIN, name="c11_w2")
+        m.d.comb += w2.eq(s["w"])
+        for vl, at in ((1, ETH_HLEN + VLAN_HLEN), (0, ETH_HLEN)):
+            with m.If(s["vlan"] == vl):
+                with m.If(do_ip_src | do_ip_dst):
+                    m.d.comb += w2[8 * (at + 10): 8 * (at + 12)].eq(_wire(s["ip_csum"], 2))
+                with m.If(do_ip_src):
+                    m.d.comb += w2[8 * (at + 12): 8 * (at + 16)].eq(_wire(a.ipv4_src, 4))
+                with m.If(do_ip_dst):
+                    m.d.comb += w2[8 * (at + 16): 8 * (at + 20)].eq(_wire(a.ipv4_dst, 4))
+        # only the ports and the checksum of the L4 header change (each a no-op when its step is
+        # skipped); ip_ok on TCP/UDP implies tp_ok, so the checksum is written whenever tp_ok
+        hc = _wire(s["hc"], 2)
+        with m.Switch(s["slot"]):
+            for n in range(L4_SLOTS):
+                at = L4_BASE + 4 * n
+                with m.Case(n):
+                    with m.If(do_tp_src):
+                        m.d.comb += w2[8 * at: 8 * (at + 2)].eq(_wire(a.tp_src, 2))
+                    with m.If(do_tp_dst):
+                        m.d.comb += w2[8 * (at + 2): 8 * (at + 4)].eq(_wire(a.tp_dst, 2))
+                    with m.If(s["tp_ok"] & s["udp"]):
+                        m.d.comb += w2[8 * (at + 6): 8 * (at + 8)].eq(hc)
+                    with m.If(s["tp_ok"] & s["tcp"]):
+                        m.d.comb += w2[8 * (at + 16): 8 * (at + 18)].eq(hc)
         tci_mod = Cat(a.vlan_vid, _be(w2, 14, 2)[12:])
-        w3 = Signal(8 * HDR_WIN, name="rw_w3")
+        w3 = Signal(8 * HDR_WIN, name="c11_w3")
         m.d.comb += w3.eq(w2)
-        with m.If(a.vlan_set & tagged1):
+        with m.If(s["modify"]):
             m.d.comb += w3[8 * 14: 8 * 16].eq(_wire(tci_mod, 2))
         tci_push = Cat(a.vlan_vid, Const(0, 1), a.vlan_pcp)
-        out = sig(8 * OUT_HDR, "rw_out", Mux(push, Cat(w3[:8 * 12], _wire(Const(ETH_VLAN, 16), 2),
-                                                       _wire(tci_push, 2), w3[8 * 12:]), w3))
-        olen = sig(16, "rw_olen", Mux(push, ln + VLAN_HLEN, ln))
+        out = Mux(s["push"], Cat(w3[:8 * 12], _wire(Const(ETH_VLAN, 16), 2), _wire(tci_push, 2), w3[8 * 12:]), w3)
+        d = Signal(_Desc, name="c11_desc")
+        shift = s["shift"]
+        m.d.comb += [
+            d.out.eq(out),
+            d.length.eq(s["length"]),
+            d.pre.eq(shift[6:] - 1),
+            d.rot.eq(shift[:6]),
+            d.total.eq(s["total"]),
+            d.ulen.eq(s["ulen"]),
+            d.ecs.eq(s["ecs"]),
+        ]
+        return s["v"], d
 
-        # step 5: vxlan_encap (as model.actions.vxlan_encap)
-        total = sig(16, "en_total", olen + (IPV4_HLEN + UDP_HLEN + VXLAN_HLEN))
-        ulen = sig(16, "en_ulen", olen + (UDP_HLEN + VXLAN_HLEN))
-        csum = 0x4500 + 0x4000 + 0x4011 + total
-        for w in (a.encap_ip_src[16:], a.encap_ip_src[:16], a.encap_ip_dst[16:], a.encap_ip_dst[:16]):
-            csum = csum + w
-        ecs = sig(16, "en_csum", ~_fold(sig(20, "en_sum", csum)))
-        ehdr = sig(8 * VXLAN_OVERHEAD, "en_hdr", Cat(
-            _wire(a.encap_eth_dst, 6), _wire(a.encap_eth_src, 6), _wire(Const(ETH_IPV4, 16), 2),
-            _wire(Const(0x4500, 16), 2), _wire(total, 2), Const(0, 16), _wire(Const(0x4000, 16), 2),
-            _wire(Const(0x4011, 16), 2), _wire(ecs, 2), _wire(a.encap_ip_src, 4), _wire(a.encap_ip_dst, 4),
-            _wire(a.encap_udp_src, 2), _wire(Const(VXLAN_PORT, 16), 2), _wire(ulen, 2), Const(0, 16),
-            Const(0x08, 8), Const(0, 24), _wire(a.encap_vni, 3), Const(0, 8)))
-        enc = a.vxlan_encap
-        head = Mux(enc, Cat(ehdr, out), out)
-        length_out = Mux(enc, olen + VXLAN_OVERHEAD, olen)[:16]
-        return head, length_out, popped, push
+    @staticmethod
+    def _late_act(m, a):
+        """The action fields the pipeline needs past stage 4 (:data:`_LateAct`)."""
+        v = Signal(_LateAct, name="c1_act")
+        m.d.comb += [getattr(v, n).eq(getattr(a, n)) for n, _ in data.Layout.cast(_LateAct) if n != "esum"]
+        m.d.comb += v.esum.eq(_adds([Const(0x4500 + 0x4000 + 0x4011, 16), a.encap_ip_src[16:], a.encap_ip_src[:16],
+                                     a.encap_ip_dst[16:], a.encap_ip_dst[:16]], 3)[0])
+        return v
 
     def elaborate(self, platform):
         m = Module()
@@ -365,29 +522,27 @@ class HeaderRewriter(wiring.Component):
         act = self.act.payload
 
         m.submodules.beats = beats = SyncFIFOBuffered(width=8 * BEAT_BYTES + 1, depth=self._depth)
-        m.submodules.descs = descs = SyncFIFOBuffered(width=_Desc.size, depth=4)
+        # descriptors (written by the pipeline) and side entries (written on capture), one per frame in
+        # flight; in block RAM (a 4-deep SyncFIFOBuffered of these widths would be built in LUTs/FFs)
+        m.submodules.descs = dmem = Memory(shape=_Desc, depth=DESCS, init=[], attrs={"ram_style": "block"})
+        m.submodules.sides = smem = Memory(shape=_Side, depth=DESCS, init=[], attrs={"ram_style": "block"})
+        dwp = dmem.write_port()
+        drp = dmem.read_port(domain="sync")
+        swp = smem.write_port()
+        srp = smem.read_port(domain="sync")
 
         # -- input: capture the first CAP_BYTES bytes, the length and the action --------
         first = Signal(init=1)
         nbeat = Signal(range(CAP_BEATS + 1))
         acc = Signal(16)
         hbuf = Signal(8 * CAP_BYTES, reset_less=True)
-        act_r = Signal(ActionEntry)
-        port_r = Signal(8)
+        act_r = Signal(ActionEntry, reset_less=True)
+        port_r = Signal(8, reset_less=True)
         p1_valid = Signal()
-        p1_hdr = Signal(8 * CAP_BYTES, reset_less=True)
         p1_len = Signal(16, reset_less=True)
-        p1_act = Signal(ActionEntry, reset_less=True)
-        p1_port = Signal(8, reset_less=True)
-        p2_valid = Signal()
-        p2_hdr = Signal(8 * HDR_WIN, reset_less=True)
-        p2_len = Signal(16, reset_less=True)
-        p2_off = Signal(7, reset_less=True)
-        p2_act = Signal(ActionEntry, reset_less=True)
-        p2_port = Signal(8, reset_less=True)
-        p2_free = ~p2_valid | descs.w_rdy
-        p1_free = ~p1_valid | p2_free
-        m.d.comb += self.i.ready.eq(beats.w_rdy & p1_free & (~first | self.act.valid))
+        credits = Signal(range(DESCS + 1))      # frames accepted whose descriptor entry is not yet freed
+        freed = Signal()
+        m.d.comb += self.i.ready.eq(beats.w_rdy & (credits != DESCS) & (~first | self.act.valid))
         take = self.i.valid & self.i.ready
         m.d.comb += [
             self.act.ready.eq(take & first),
@@ -400,136 +555,173 @@ class HeaderRewriter(wiring.Component):
                 hbuf[8 * BEAT_BYTES * j: 8 * min(CAP_BYTES, BEAT_BYTES * (j + 1))])
             for j in range(CAP_BEATS)]))
         total = Signal(16)
-        m.d.comb += total.eq(acc + _popcount(beat.keep))
-        cur_act = Mux(first, act, act_r)
-        with m.If(p2_free):
-            m.d.sync += p1_valid.eq(0)
+        m.d.comb += total.eq(acc + _keep_count(beat.keep))
+        # the first half of the outer parse only reads the first beat: done as it arrives
+        oa_in = _parse_a(beat.data)
+        oa = {k: Signal(Value.cast(v).shape(), name=f"in_oa_{k}", reset_less=True) for k, v in oa_in.items()}
+        m.d.sync += p1_valid.eq(take & beat.last)
+        m.d.sync += credits.eq(credits + (take & beat.last) - freed)
+        # hbuf, act_r, port_r and oa hold a frame until the cycle after its last beat (stage 1)
         with m.If(take):
             m.d.sync += [hbuf.eq(merged), first.eq(beat.last)]
             with m.If(first):
                 m.d.sync += [act_r.eq(act), port_r.eq(beat.in_port)]
+                m.d.sync += [oa[k].eq(v) for k, v in oa_in.items()]
             with m.If(beat.last):
-                m.d.sync += [nbeat.eq(0), acc.eq(0), p1_valid.eq(1), p1_hdr.eq(merged), p1_len.eq(total),
-                             p1_act.eq(cur_act), p1_port.eq(Mux(first, beat.in_port, port_r))]
+                m.d.sync += [nbeat.eq(0), acc.eq(0), p1_len.eq(total)]
             with m.Else():
                 m.d.sync += acc.eq(total)
                 with m.If(nbeat != CAP_BEATS):
                     m.d.sync += nbeat.eq(nbeat + 1)
 
-        # -- stage 1: VXLAN decap -> the (inner) frame's window -------------------------
-        win1, len1, off1 = self._decap(m, p1_hdr, p1_len, p1_act)
-        with m.If(descs.w_rdy):
-            m.d.sync += p2_valid.eq(0)
-        with m.If(p2_free & p1_valid):
-            m.d.sync += [p2_valid.eq(1), p2_hdr.eq(win1), p2_len.eq(len1), p2_off.eq(off1), p2_act.eq(p1_act),
-                         p2_port.eq(p1_port)]
-
-        # -- stage 2: the header computation into the descriptor FIFO ------------------
-        head, olen, popped, push = self._compute(m, p2_hdr, p2_len, p2_act)
-        a = p2_act
+        # -- stage 1: the side entry (what the output side needs straight from the action)
+        a = act_r
+        iseq = Signal(range(DESCS))
         verdict = Mux(a.drop, Verdict.DROP, Mux(a.to_host, Verdict.TO_HOST, Mux(a.output, Verdict.OUTPUT,
                                                                                    Verdict.DROP)))
-        # output byte q >= HEAD (OUT_HDR without encap) is input byte q + s; biased: u = s + 127,
-        # pre = max(0, ceil(s / 64)) = u // 64 - 1, and the byte offset into Cat(prev, head) is u % 64 + 1
-        shift = Signal(8, name="rw_shift")
-        m.d.comb += shift.eq(2 * BEAT_BYTES - 1 + p2_off + Cat(Const(0, 2), popped) - Cat(Const(0, 2), push)
-                             - Mux(a.vxlan_encap, VXLAN_OVERHEAD, 0))
-        d_in = Signal(_Desc)
         m.d.comb += [
-            d_in.hdr.eq(head),
-            d_in.encap.eq(a.vxlan_encap),
-            d_in.pre.eq(shift[6:] - 1),
-            d_in.rot.eq(shift[:6]),
-            d_in.length.eq(olen),
-            d_in.verdict.eq(verdict),
-            d_in.out_port.eq(Mux(verdict == Verdict.OUTPUT, a.out_port, 0)),
-            d_in.in_port.eq(p2_port),
-            descs.w_data.eq(d_in),
-            descs.w_en.eq(p2_valid),
+            swp.addr.eq(iseq), swp.en.eq(p1_valid),
+            swp.data.encap.eq(a.vxlan_encap),
+            swp.data.eth_dst.eq(a.encap_eth_dst), swp.data.eth_src.eq(a.encap_eth_src),
+            swp.data.ip_src.eq(a.encap_ip_src), swp.data.ip_dst.eq(a.encap_ip_dst),
+            swp.data.udp_src.eq(a.encap_udp_src), swp.data.vni.eq(a.encap_vni),
+            swp.data.verdict.eq(verdict),
+            swp.data.out_port.eq(Mux(verdict == Verdict.OUTPUT, a.out_port, 0)),
+            swp.data.in_port.eq(port_r),
         ]
+        with m.If(p1_valid):
+            m.d.sync += iseq.eq(iseq + 1)
+
+        # -- stages 2..11: the header computation into the descriptor RAM ---------------
+        dv, d_in = self._pipeline(m, p1_valid, hbuf, oa, act_r, p1_len)
+        wseq = Signal(range(2 * DESCS))
+        wseq_d = Signal(range(2 * DESCS))       # an entry written on edge n is read from edge n + 1 on
+        m.d.sync += wseq_d.eq(wseq)
+        m.d.comb += [dwp.addr.eq(wseq[:-1]), dwp.en.eq(dv), dwp.data.eq(d_in)]
+        with m.If(dv):
+            m.d.sync += wseq.eq(wseq + 1)
 
         # -- output: stream the buffered frame out, head replaced, barrel-shifted -------
+        # the read ports address the current frame's entry (rseq, or the next one on the edge that
+        # frees it), so their data stays the frame's for as long as it is sent; rseq1 = rseq + 1 is a
+        # register, as the address feeds a few dozen block RAMs (no adder in front of that fan-out)
+        rseq = Signal(range(2 * DESCS))
+        rseq1 = Signal(range(2 * DESCS), init=1)
+        raddr = Mux(freed, rseq1, rseq)[:-1]
+        m.d.comb += [drp.addr.eq(raddr), srp.addr.eq(raddr)]
+        with m.If(freed):
+            m.d.sync += [rseq.eq(rseq1), rseq1.eq(rseq1 + 1)]
+        d = drp.data
+        sd = srp.data
+        ready = rseq != wseq_d
+        # the output is two register stages that stall together (a: the shifted beat and the head
+        # bytes, b: o.payload), so neither the barrel shifter nor the head mux is in series with the
+        # other or with a block RAM's output
         adv = Signal()
         m.d.comb += adv.eq(~self.o.valid | self.o.ready)
-        d = Signal(_Desc, reset_less=True)
-        m.d.comb += d.eq(descs.r_data)
-        cur_d = Signal(_Desc, reset_less=True)
+        # a second, small beat FIFO: its output is a register (the big one's comes straight from block RAM)
+        m.submodules.beats_out = bq = SyncFIFOBuffered(width=8 * BEAT_BYTES + 1, depth=3)
+        m.d.comb += [bq.w_data.eq(beats.r_data), bq.w_en.eq(beats.r_rdy), beats.r_en.eq(bq.w_rdy)]
+        rot = Signal(6)
+        encap = Signal()
         prev = Signal(8 * BEAT_BYTES, reset_less=True)
         in_done = Signal()
         pcnt = Signal(2)            # beats still to skip / preload before the first output beat
         rem = Signal(17)            # output bytes of this frame still to send
         j = Signal(2)               # output beat number, saturating at 3
-        head_beat = beats.r_data[:8 * BEAT_BYTES]
-        head_last = beats.r_data[-1]
+        head_beat = bq.r_data[:8 * BEAT_BYTES]
+        head_last = bq.r_data[-1]
         win = Signal(16 * BEAT_BYTES)
         m.d.comb += win.eq(Cat(prev, head_beat))
         shifted = Signal(8 * BEAT_BYTES)
-        m.d.comb += shifted.eq(win[8:].bit_select(Cat(Const(0, 3), cur_d.rot), 8 * BEAT_BYTES))
-        hb = cur_d.hdr
-
-        def out_byte(q, b):
-            if q < OUT_HDR:
-                return _byte(hb, q)
-            if q < HEAD:
-                return Mux(cur_d.encap, _byte(hb, q), _byte(shifted, b))
-            return _byte(shifted, b)
-
-        ob = Signal(8 * BEAT_BYTES)
+        m.d.comb += shifted.eq(win[8:].bit_select(Cat(Const(0, 3), rot), 8 * BEAT_BYTES))
+        ehdr = Cat(
+            _wire(sd.eth_dst, 6), _wire(sd.eth_src, 6), _wire(Const(ETH_IPV4, 16), 2),
+            _wire(Const(0x4500, 16), 2), _wire(d.total, 2), Const(0, 16), _wire(Const(0x4000, 16), 2),
+            _wire(Const(0x4011, 16), 2), _wire(d.ecs, 2), _wire(sd.ip_src, 4), _wire(sd.ip_dst, 4),
+            _wire(sd.udp_src, 2), _wire(Const(VXLAN_PORT, 16), 2), _wire(d.ulen, 2), Const(0, 16),
+            Const(0x08, 8), Const(0, 24), _wire(sd.vni, 3), Const(0, 8))
+        # the first HEAD output bytes with encap, OUT_HDR without; hsel: which bytes of beat j they are
+        head_enc = Cat(ehdr, d.out)
+        hb = d.out
+        hdr = Signal(8 * BEAT_BYTES)
+        hsel = Signal(BEAT_BYTES)
         with m.Switch(j):
             for n in range(3):
                 with m.Case(n):
-                    m.d.comb += ob.eq(Cat(*[out_byte(BEAT_BYTES * n + b, b) for b in range(BEAT_BYTES)]))
-            with m.Default():
-                m.d.comb += ob.eq(shifted)
+                    q0 = BEAT_BYTES * n
+                    m.d.comb += hdr.eq(Cat(*[
+                        Mux(encap, _byte(head_enc, q0 + b), _byte(hb, q0 + b)) if q0 + b < OUT_HDR
+                        else _byte(head_enc, q0 + b) if q0 + b < HEAD else Const(0, 8)
+                        for b in range(BEAT_BYTES)]))
+                    m.d.comb += hsel.eq(Cat(*[
+                        Const(1, 1) if q0 + b < OUT_HDR else encap if q0 + b < HEAD else Const(0, 1)
+                        for b in range(BEAT_BYTES)]))
         keep = Signal(BEAT_BYTES)
         m.d.comb += keep.eq(Cat(*[rem > b for b in range(BEAT_BYTES)]))
-        is_last = rem <= BEAT_BYTES
+        is_last = Signal()          # rem <= BEAT_BYTES, as a register (it gates the frame's end)
+        a_valid = Signal()
+        a_shifted = Signal(8 * BEAT_BYTES, reset_less=True)
+        a_hdr = Signal(8 * BEAT_BYTES, reset_less=True)
+        a_hsel = Signal(BEAT_BYTES, reset_less=True)
+        a_beat = Signal(RewriteOut, reset_less=True)        # keep, last, in_port, verdict, out_port
 
         with m.If(adv):
-            m.d.sync += self.o.valid.eq(0)
+            m.d.sync += [
+                a_valid.eq(0),
+                self.o.valid.eq(a_valid),
+                self.o.payload.eq(a_beat),
+                self.o.payload.beat.data.eq(Cat(*[Mux(a_hsel[b], _byte(a_hdr, b), _byte(a_shifted, b))
+                                                  for b in range(BEAT_BYTES)])),
+            ]
         with m.FSM():
             with m.State("IDLE"):
-                m.d.comb += descs.r_en.eq(1)
-                with m.If(descs.r_rdy):
-                    m.d.sync += [cur_d.eq(d), in_done.eq(0), rem.eq(d.length), j.eq(0), pcnt.eq(d.pre)]
+                with m.If(ready):
+                    m.d.sync += [rot.eq(d.rot), encap.eq(sd.encap), in_done.eq(0), rem.eq(d.length), j.eq(0),
+                                 pcnt.eq(d.pre), is_last.eq(d.length <= BEAT_BYTES)]
                     with m.If(d.pre != 0):
                         m.next = "PREFETCH"
                     with m.Else():
                         m.next = "RUN"
             with m.State("PREFETCH"):
                 # skip the input beats wholly before the output's shifted bytes, keep the last in prev
-                m.d.comb += beats.r_en.eq(~in_done)
-                with m.If(in_done | beats.r_rdy):
+                m.d.comb += bq.r_en.eq(~in_done)
+                with m.If(in_done | bq.r_rdy):
                     m.d.sync += pcnt.eq(pcnt - 1)
                     with m.If(~in_done):
                         m.d.sync += [prev.eq(head_beat), in_done.eq(head_last)]
                     with m.If(pcnt == 1):
                         m.next = "RUN"
             with m.State("RUN"):
-                with m.If(adv & (in_done | beats.r_rdy)):
-                    m.d.comb += beats.r_en.eq(~in_done)
+                with m.If(adv & (in_done | bq.r_rdy)):
+                    m.d.comb += bq.r_en.eq(~in_done)
                     m.d.sync += [
-                        self.o.valid.eq(1),
-                        self.o.payload.beat.data.eq(ob),
-                        self.o.payload.beat.keep.eq(keep),
-                        self.o.payload.beat.last.eq(is_last),
-                        self.o.payload.beat.in_port.eq(cur_d.in_port),
-                        self.o.payload.verdict.eq(cur_d.verdict),
-                        self.o.payload.out_port.eq(cur_d.out_port),
+                        a_valid.eq(1),
+                        a_shifted.eq(shifted),
+                        a_hdr.eq(hdr),
+                        a_hsel.eq(hsel),
+                        a_beat.beat.keep.eq(keep),
+                        a_beat.beat.last.eq(is_last),
+                        a_beat.beat.in_port.eq(sd.in_port),
+                        a_beat.verdict.eq(sd.verdict),
+                        a_beat.out_port.eq(sd.out_port),
                         rem.eq(rem - BEAT_BYTES),
+                        is_last.eq(rem <= 2 * BEAT_BYTES),
                         j.eq(Mux(j == 3, 3, j + 1)),
                     ]
                     with m.If(~in_done):
                         m.d.sync += [prev.eq(head_beat), in_done.eq(head_last)]
                     with m.If(is_last):
                         with m.If(in_done | head_last):
+                            m.d.comb += freed.eq(1)
                             m.next = "IDLE"
                         with m.Else():
                             m.next = "DRAIN"
             with m.State("DRAIN"):
                 # input beats past the output's end (outer padding of a decapsulated frame, an
                 # empty last beat, the beat a pop emptied)
-                m.d.comb += beats.r_en.eq(1)
-                with m.If(beats.r_rdy & head_last):
+                m.d.comb += bq.r_en.eq(1)
+                with m.If(bq.r_rdy & head_last):
+                    m.d.comb += freed.eq(1)
                     m.next = "IDLE"
         return m
