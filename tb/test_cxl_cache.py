@@ -11,7 +11,7 @@
   readers is checked by the home agent on every message (a snoop answer or a
   request the directory does not allow is a violation), and at the end host
   memory, after pulling back every owned line, equals the shadow memory.
-  ``CXL_OPS`` sets the number of operations (default 3000; 100k with
+  ``CXL_OPS`` sets the number of operations (default 1500 per variant; 100k with
   ``HYPOTHESIS_PROFILE=long``).
 * ``table_memory_over_host``: the golden model's TableMemory over the home agent (drain, sync).
 * ``zipf_hit_rate``: the datapath's lookup pattern, Zipf-distributed reads
@@ -38,7 +38,7 @@ HOST_BASE = int(os.environ.get("CXL_HOST_BASE", "0"))
 NOCACHE = tuple(int(x) for x in os.environ.get("CXL_NOCACHE", "0,0").split(","))
 ID_BITS = int(os.environ.get("CXL_ID_BITS", "4"))
 _LONG = os.environ.get("HYPOTHESIS_PROFILE") == "long"
-N_OPS = int(os.environ.get("CXL_OPS", "100000" if _LONG else "3000"))
+N_OPS = int(os.environ.get("CXL_OPS", "100000" if _LONG else "1500"))
 FULL = (1 << LINE_BYTES) - 1
 
 
@@ -247,7 +247,7 @@ async def zipf_hit_rate(dut):
     await tb.reset()
     rng, axi, home = tb.rng, tb.axi, tb.home
     draw = zipf_sampler(rng, N_LINES, 1.0)
-    n = max(2000, N_OPS)
+    n = max(3000, N_OPS)
     hist = [[0] for _ in range(N_LINES)]      # values written to each line, in order
     committed = [0] * N_LINES                 # index in hist of the last completed host write
     done = started = 0

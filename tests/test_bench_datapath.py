@@ -4,6 +4,9 @@
 import pytest
 from benchcheck import PNG_MAGIC, check_meta, quick_report
 
+# one worker runs them all: the module fixture (a --quick bench run, minutes) is built once
+pytestmark = pytest.mark.xdist_group("bench_datapath")
+
 
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):

@@ -1064,7 +1064,7 @@ def _sim_env(ops=None):
 
 @pytest.mark.sim
 def test_cxl_cache_verilator():
-    """Coherence stress (a few thousand ops per variant; HYPOTHESIS_PROFILE=long or CXL_OPS for more) and
+    """Coherence stress (1500 ops per variant; HYPOTHESIS_PROFILE=long or CXL_OPS for more) and
     the Zipf hit rate, under Verilator."""
     import os
 

@@ -236,3 +236,14 @@ def test_failed_tool_stage_is_not_complete(tmp_path, capsys, monkeypatch):
     assert rep["complete"] is False and rep["failed_stage"] == "yosys"
     assert "ERROR: simulated failure" in rep["error"]
     assert "summary" not in rep
+
+
+def test_unknown_block(tmp_path, capsys):
+    out = tmp_path / "s"
+    _stale_complete(out)
+    rc = synth.main(["--out", str(out), "--block", "no_such_block"])
+    assert rc != 0
+    err = capsys.readouterr().err
+    assert "synth FAILED in stage config: unknown block 'no_such_block'" in err and "rewrite" in err
+    rep = _report(out)
+    assert rep["complete"] is False and rep["failed_stage"] == "config"
