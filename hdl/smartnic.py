@@ -32,14 +32,27 @@ from cxlnic.hdl.datapath import Datapath
 from cxlnic.hdl.layouts import LINE_BITS
 from cxlnic.hdl.util import checked_init
 
-__all__ = ["SmartNic", "CXL_TYPES", "MirrorSync", "SYNC_STATS", "CacheStats"]
+__all__ = ["SmartNic", "CXL_TYPES", "MirrorSync", "SYNC_STATS", "CacheStats", "CXL_CACHE_IN", "CXL_CACHE_OUT",
+           "pass_through"]
 
 #: The device types the top can be elaborated as.
 CXL_TYPES = (1, 2)
+#: The CXL.cache channels into and out of a Type 1 device.
+CXL_CACHE_IN = ("h2d_req", "h2d_rsp", "h2d_data")
+CXL_CACHE_OUT = ("d2h_req", "d2h_rsp", "d2h_data")
 #: MirrorSync's 32-bit counters.
 SYNC_STATS = ("refetches", "bucket_reports", "read_errors")
 #: Type 1 statistics: the CXL.cache agent's counters, then MirrorSync's.
 CacheStats = data.StructLayout({n: 32 for n in (*CACHE_STATS, *SYNC_STATS)})
+
+
+def pass_through(m: Module, outer, inner, ins=(), outs=()) -> None:
+    """Connect the streams ``ins`` (into the component) and ``outs`` of ``outer`` (a component's own
+    ports, seen from inside) to ``inner``'s streams of the same names."""
+    for name in ins:
+        wiring.connect(m, wiring.flipped(getattr(outer, name)), getattr(inner, name))
+    for name in outs:
+        wiring.connect(m, getattr(inner, name), wiring.flipped(getattr(outer, name)))
 
 
 def mirror_lines(cfg: NicConfig) -> list[tuple[int, int]]:
@@ -267,7 +280,7 @@ class SmartNic(wiring.Component):
                                        host_base=host_base, track=tracked_range(self.cfg))
             ca = self.cache.signature.members
             super().__init__({
-                **{n: ca[n] for n in ("d2h_req", "d2h_rsp", "d2h_data", "h2d_req", "h2d_rsp", "h2d_data")},
+                **{n: ca[n] for n in (*CXL_CACHE_OUT, *CXL_CACHE_IN)},
                 **common,
                 "mirrors_loaded": Out(1),
                 "sync_busy": Out(1),
@@ -281,12 +294,8 @@ class SmartNic(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         m.submodules.datapath = dp = self.datapath
-        flip = wiring.flipped
         # frames, control, statistics
-        for name in ("i", "reinject"):
-            wiring.connect(m, flip(getattr(self, name)), getattr(dp, name))
-        for name in ("o", "upcall", "drop"):
-            wiring.connect(m, getattr(dp, name), flip(getattr(self, name)))
+        pass_through(m, self, dp, ins=("i", "reinject"), outs=("o", "upcall", "drop"))
         # exact counter reads go through the CXL side (counter lines); the direct port stays idle
         m.d.comb += [dp.crd.valid.eq(0), dp.crd_data.ready.eq(1),
                      dp.flush.eq(self.flush), self.flush_done.eq(dp.flush_done), self.stats.eq(dp.stats),
@@ -299,12 +308,8 @@ class SmartNic(wiring.Component):
 
     def _type2(self, m, dp):
         m.submodules.cxl_mem = cm = self.cxl_mem
-        flip = wiring.flipped
         # CXL.mem channels and the HDM range
-        for name in ("m2s_req", "m2s_rwd", "m2s_birsp"):
-            wiring.connect(m, flip(getattr(self, name)), getattr(cm, name))
-        for name in ("s2m_ndr", "s2m_drs", "s2m_bisnp"):
-            wiring.connect(m, getattr(cm, name), flip(getattr(self, name)))
+        pass_through(m, self, cm, ins=("m2s_req", "m2s_rwd", "m2s_birsp"), outs=("s2m_ndr", "s2m_drs", "s2m_bisnp"))
         m.d.comb += [cm.hdm_base.eq(self.hdm_base), cm.hdm_size.eq(self.hdm_size), self.mem_stats.eq(cm.stats)]
         # the subordinate's backend is the datapath's host ports; its grants gate counter write-backs
         wiring.connect(m, cm.mw, dp.mw)
@@ -321,11 +326,7 @@ class SmartNic(wiring.Component):
     def _type1(self, m, dp):
         m.submodules.sync = sync = self.sync
         m.submodules.cache = ca = self.cache
-        flip = wiring.flipped
-        for name in ("h2d_req", "h2d_rsp", "h2d_data"):
-            wiring.connect(m, flip(getattr(self, name)), getattr(ca, name))
-        for name in ("d2h_req", "d2h_rsp", "d2h_data"):
-            wiring.connect(m, getattr(ca, name), flip(getattr(self, name)))
+        pass_through(m, self, ca, ins=CXL_CACHE_IN, outs=CXL_CACHE_OUT)
         # the host writes host memory itself: the datapath only hears of the lines it keeps copies of
         wiring.connect(m, ca.inval, sync.inval)
         wiring.connect(m, sync.mw, dp.mw)

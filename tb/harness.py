@@ -49,7 +49,7 @@ from cxlnic.hdl.cxl_mem import S2MDRS, S2MNDR, BIRspOpcode, CxlMemStats, M2SReq,
 from cxlnic.hdl.datapath import DropInfo, OutBeat, Reinject, StatsLayout, UpcallBeat, frame_cap_beats
 from cxlnic.hdl.layouts import LINE_BITS, LINE_BYTES
 from cxlnic.hdl.parser import BEAT_BYTES, Beat
-from cxlnic.hdl.smartnic import SmartNic
+from cxlnic.hdl.smartnic import CXL_CACHE_IN, CXL_CACHE_OUT, SmartNic, pass_through
 
 __all__ = ["SystemHarness", "system_config", "system_harness", "run_system_sim", "SYSTEM_SCENARIOS", "SYSTEM_BUILD",
            "DRAM_LATENCY", "SimDram", "VERILOG_IO", "SOURCES", "SINKS", "RxWord", "ReinjectWord", "M2SWord",
@@ -222,8 +222,7 @@ class SystemHarness(wiring.Component):
                         "bisnp": Out(32), "mem_stats": Out(CxlMemStats)}
         else:
             nm = nic.signature.members
-            members |= {n: nm[n] for n in ("d2h_req", "d2h_rsp", "d2h_data", "h2d_req", "h2d_rsp", "h2d_data",
-                                           "mirrors_loaded", "sync_busy", "cache_stats")}
+            members |= {n: nm[n] for n in (*CXL_CACHE_OUT, *CXL_CACHE_IN, "mirrors_loaded", "sync_busy", "cache_stats")}
         for s in sources_of(self.cxl_type):
             members |= {f"{s}_load": In(1), f"{s}_count": In(32), f"{s}_pos": Out(32)}
         super().__init__(members)
@@ -244,11 +243,7 @@ class SystemHarness(wiring.Component):
             m.d.comb += [nic.hdm_base.eq(HDM_BASE), nic.hdm_size.eq(self.cfg.image_lines),
                          self.mem_stats.eq(nic.mem_stats)]
         else:
-            flip = wiring.flipped
-            for name in ("h2d_req", "h2d_rsp", "h2d_data"):
-                wiring.connect(m, flip(getattr(self, name)), getattr(nic, name))
-            for name in ("d2h_req", "d2h_rsp", "d2h_data"):
-                wiring.connect(m, getattr(nic, name), flip(getattr(self, name)))
+            pass_through(m, self, nic, ins=CXL_CACHE_IN, outs=CXL_CACHE_OUT)
             m.d.comb += [self.mirrors_loaded.eq(nic.mirrors_loaded), self.sync_busy.eq(nic.sync_busy),
                          self.cache_stats.eq(nic.cache_stats)]
         lfsr = Signal(16, init=0xACE1)
