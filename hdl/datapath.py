@@ -211,7 +211,7 @@ class Datapath(wiring.Component):
         mw = self.mw.payload
         hw = AxiWires(1, "hw")
         # One write in the output register at a time; AW and W handshakes tracked apart.
-        ob_valid, ob_aw, ob_w, ob_bkt = Signal(), Signal(), Signal(), Signal()
+        ob_valid, ob_aw, ob_w = Signal(), Signal(), Signal()
         ob_addr = Signal(32)
         ob_data = Signal(LINE_BITS)
         pending = Signal(range(33))        # bucket/stash writes awaiting their B response
@@ -261,8 +261,7 @@ class Datapath(wiring.Component):
             with m.If(ob_free):
                 m.d.sync += ob_valid.eq(0)
             with m.If(mw_fire):
-                m.d.sync += [ob_valid.eq(1), ob_aw.eq(0), ob_w.eq(0), ob_addr.eq(mw.addr), ob_data.eq(mw.data),
-                             ob_bkt.eq(is_bkt)]
+                m.d.sync += [ob_valid.eq(1), ob_aw.eq(0), ob_w.eq(0), ob_addr.eq(mw.addr), ob_data.eq(mw.data)]
         m.d.sync += pending.eq(pending + (mw_fire & is_bkt) - b_bkt)
         bump("host_writes", mw_fire)
         # the cuckoo engine hears of bucket/stash writes when accepted (``wr``) and at their B response
