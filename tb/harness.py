@@ -38,7 +38,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from amaranth.hdl import Cat, ClockSignal, Instance, Module, Mux, ResetSignal, Signal
+from amaranth.hdl import (
+    Cat,
+    ClockDomain,
+    ClockSignal,
+    DomainRenamer,
+    Elaboratable,
+    Instance,
+    Module,
+    Mux,
+    ResetSignal,
+    Signal,
+)
 from amaranth.lib import data, wiring
 from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.memory import Memory
@@ -232,12 +243,26 @@ class SystemHarness(wiring.Component):
         return self.nic.frame_cap
 
     def elaborate(self, platform):
+        # Verilator re-evaluates, on every evaluation (two per clock: each edge), all the logic that
+        # depends combinationally on a top-level input.  Amaranth's synchronous reset is an input of
+        # every flop's next-state logic, so with ``rst`` (and the sinks' ``out_stall``) used directly
+        # the whole design would be evaluated three times a cycle instead of once.  The design runs
+        # in domain ``dut``: the same clock, reset by a flop that follows ``rst`` one cycle later.
+        m = Module()
+        m.domains.dut = ClockDomain("dut", local=True)
+        rst_q = Signal(init=1, reset_less=True)
+        m.d.sync += rst_q.eq(ResetSignal("sync"))
+        m.d.comb += [ClockSignal("dut").eq(ClockSignal("sync")), ResetSignal("dut").eq(rst_q)]
+        m.submodules.body = DomainRenamer("dut")(_Deferred(self._body))
+        return m
+
+    def _body(self, platform):
         m = Module()
         m.submodules.nic = nic = self.nic
         type2 = self.cxl_type == 2
         cyc = Signal(32)
         m.d.sync += cyc.eq(cyc + 1)
-        m.d.comb += [self.cycle.eq(cyc), nic.flush.eq(self.nic_flush), self.flush_done.eq(nic.flush_done),
+        m.d.comb += [self.cycle.eq(cyc), self.flush_done.eq(nic.flush_done),
                      self.stats.eq(nic.stats)]
         if type2:
             m.d.comb += [nic.hdm_base.eq(HDM_BASE), nic.hdm_size.eq(self.cfg.image_lines),
@@ -248,8 +273,10 @@ class SystemHarness(wiring.Component):
                          self.cache_stats.eq(nic.cache_stats)]
         lfsr = Signal(16, init=0xACE1)
         m.d.sync += lfsr.eq(lfsr[1:] | (lfsr[0] ^ lfsr[2] ^ lfsr[3] ^ lfsr[5]) << 15)
-        sink_ready = Signal()
-        m.d.comb += sink_ready.eq(lfsr[:8] >= self.out_stall)
+        # inputs that reach the design's combinational logic go through flops (see SystemHarness.elaborate)
+        sink_ready, stall = Signal(), Signal(8, reset_less=True)
+        m.d.sync += [stall.eq(self.out_stall), nic.flush.eq(self.nic_flush)]
+        m.d.comb += sink_ready.eq(lfsr[:8] >= stall)
 
         # -- sources -----------------------------------------------------------------
         # a word waits for its gate: that many NDRs (Type 2; Type 1 words are never gated)
@@ -334,3 +361,13 @@ class SystemHarness(wiring.Component):
             m.d.comb += port.eq(getattr(dram, n)) if member.flow == wiring.Out else getattr(dram, n).eq(port)
         m.d.comb += [nic.m_axi_rlast.eq(1), nic.m_axi_rresp.eq(0), nic.m_axi_bresp.eq(0)]
         return m
+
+
+class _Deferred(Elaboratable):
+    """An elaboratable whose ``elaborate`` is ``fn`` (so a domain renamer can wrap a method)."""
+
+    def __init__(self, fn):
+        self.fn = fn
+
+    def elaborate(self, platform):
+        return self.fn(platform)

@@ -142,7 +142,7 @@ def run_cocotb(component, test_module: str, *, toplevel: str = "top", params: st
                 key_file.write_text(gen_key)
         if public_top_only:
             vlt = build_dir / "public_top.vlt"
-            text = f'`verilator_config\npublic_flat_rw -module "{toplevel}" -var "*"\n'
+            text = _public_ports_vlt(src, toplevel)
             if not vlt.exists() or vlt.read_text() != text:
                 vlt.write_text(text)
             args.append(str(vlt))
@@ -194,6 +194,31 @@ def _locked(path: Path):
             yield
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
+
+
+_PORT = re.compile(r"^\s*(input|output|inout)\b[^;]*?(\\?\S+)\s*;", re.M)
+
+
+def _public_ports_vlt(src: Path, toplevel: str) -> str:
+    """A Verilator control file that makes the top module's ports visible to cocotb: inputs
+    writable, outputs read-only.  Verilator must assume that a writable signal can change
+    between evaluations, so every piece of logic reading one is re-evaluated at each
+    evaluation (twice a clock); an output that the design also reads internally (a valid
+    that gates a handshake, a counter that gates a source) would pull most of the design
+    into that set."""
+    text = src.read_text()
+    start = text.find(f"module {toplevel}(")
+    if start < 0:
+        raise RuntimeError(f"{src}: no module {toplevel}")
+    body = text[start:text.index("endmodule", start)]
+    lines = ["`verilator_config"]
+    for direction, name in _PORT.findall(body):
+        name = name.lstrip("\\")
+        kind = "public_flat_rd" if direction == "output" else "public_flat_rw"
+        lines.append(f'{kind} -module "{toplevel}" -var "{name}"')
+    if len(lines) == 1:
+        raise RuntimeError(f"{src}: module {toplevel} has no ports")
+    return "\n".join(lines) + "\n"
 
 
 def _TopPublicVerilator():
