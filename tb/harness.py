@@ -52,7 +52,6 @@ from amaranth.hdl import (
 )
 from amaranth.lib import data, wiring
 from amaranth.lib.fifo import SyncFIFOBuffered
-from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from cxlnic.config import NicConfig
@@ -168,10 +167,12 @@ class SimDram(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        m.submodules.mem = mem = Memory(shape=LINE_BITS, depth=self.lines, init=[])
-        rd = mem.read_port(domain="comb")
-        wr = mem.write_port(granularity=8)
         ib, ab = self._id_bits, self._abits
+        rd = Signal(data.StructLayout({"addr": ab, "data": LINE_BITS}), name="rd")
+        wr = Signal(data.StructLayout({"addr": ab, "data": LINE_BITS, "en": LINE_BYTES}), name="wr")
+        m.submodules.mem = Instance("cxlnic_simmem", p_W=LINE_BITS, p_D=self.lines, p_AW=ab, i_clk=ClockSignal(),
+                                    i_raddr=rd.addr, o_rdata=rd.data, i_waddr=wr.addr, i_wen=wr.en,
+                                    i_wdata=wr.data)
         # a read takes its data at the AR handshake (a later write does not change it; RDATA is stable
         # while RVALID waits for RREADY), and waits in the FIFO until its due cycle
         m.submodules.rq = rq = SyncFIFOBuffered(width=32 + ib + LINE_BITS, depth=64)

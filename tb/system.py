@@ -408,7 +408,8 @@ class SystemTB:
         self.check_no_frames(what, b)
         if len(b.drs) != len(words):
             self.errors.append(f"{what}: {len(b.drs)} DRS for {len(words)} reads")
-        if any(r[2] not in tags for r in b.ndr):
+        tagset = set(tags)
+        if any(r[2] not in tagset for r in b.ndr):
             self.errors.append(f"{what}: an NDR whose tag no read carried")
         by_tag = {}
         for _c, tag, dat in b.drs:

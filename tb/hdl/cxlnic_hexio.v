@@ -50,3 +50,25 @@ module cxlnic_hexsink #(parameter W = 8, parameter FILE = "sink.txt") (
         if (flush) $fflush(fd);
     end
 endmodule
+
+// The system harness's DRAM array (tb/harness.py SimDram): D lines of W bits, all zero at
+// time 0, one combinational read port and one write port with a byte enable.  Hand-written
+// because Amaranth would spell the initial value out bit by bit (the table image is tens of
+// thousands of 512-bit lines), which costs more to generate and compile than the rest of the
+// harness.
+module cxlnic_simmem #(parameter W = 512, parameter D = 16, parameter AW = 4) (
+    input  wire            clk,
+    input  wire [AW-1:0]   raddr,
+    output wire [W-1:0]    rdata,
+    input  wire [AW-1:0]   waddr,
+    input  wire [W/8-1:0]  wen,
+    input  wire [W-1:0]    wdata
+);
+    reg [W-1:0] store [0:D-1];
+    integer k;
+    initial for (k = 0; k < D; k = k + 1) store[k] = {W{1'b0}};
+    assign rdata = store[raddr];
+    always @(posedge clk)
+        for (k = 0; k < W / 8; k = k + 1)
+            if (wen[k]) store[waddr][k*8 +: 8] <= wdata[k*8 +: 8];
+endmodule
