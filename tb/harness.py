@@ -248,11 +248,11 @@ class SystemHarness(wiring.Component):
         return self.nic.frame_cap
 
     def elaborate(self, platform):
-        # Verilator re-evaluates, on every evaluation (two per clock: each edge), all the logic that
-        # depends combinationally on a top-level input.  Amaranth's synchronous reset is an input of
-        # every flop's next-state logic, so with ``rst`` (and the sinks' ``out_stall``) used directly
-        # the whole design would be evaluated three times a cycle instead of once.  The design runs
-        # in domain ``dut``: the same clock, reset by a flop that follows ``rst`` one cycle later.
+        # Verilator evaluates the model twice a clock (at each edge) and each time re-runs the
+        # combinational logic that reads a top-level input.  Amaranth's synchronous reset is read by
+        # every flop's next-state logic, so the design runs in domain ``dut``: the same clock, reset
+        # by a flop that follows ``rst`` one cycle later (``_body`` registers the other inputs that
+        # reach the SmartNic), and no input but the clock feeds its combinational logic.
         m = Module()
         m.domains.dut = ClockDomain("dut", local=True)
         rst_q = Signal(init=1, reset_less=True)
