@@ -121,10 +121,11 @@ def run_cocotb(component, test_module: str, *, toplevel: str = "top", params: st
     ``params`` names the parameter set (part of the build directory, so
     differently-sized builds never share one).  ``sources``: more Verilog files
     (hand-written simulation modules the component instantiates).
-    ``public_top_only`` (default): only the top module's signals are visible to
+    ``public_top_only`` (default): only the top module's ports are visible to
     cocotb (instead of every signal, cocotb's default ``--public-flat-rw``),
-    which lets Verilator optimise the design: a much faster build and
-    simulation.  Every testbench here drives and reads the top's ports only.  ``test_dir``:
+    inputs writable and outputs read-only (:func:`_public_ports_vlt`), which
+    lets Verilator optimise the design: a much faster build and simulation.
+    Every testbench here drives and reads the top's ports only.  ``test_dir``:
     the simulation's working folder (default: the build folder); runs that
     share a build in parallel need one each.  The build itself is serialised
     by a lock file, so parallel pytest workers never build one folder twice.
