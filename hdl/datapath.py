@@ -5,7 +5,7 @@ for received frames, :meth:`~cxlnic.model.slowpath.SlowPath.execute` for reinjec
 ``docs/datapath.md`` describes the pipeline, the ports and the visibility rules.
 """
 
-from amaranth.hdl import Const, Module, Mux, Signal
+from amaranth.hdl import Cat, Const, Module, Mux, Signal
 from amaranth.lib import data, enum, stream, wiring
 from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.memory import Memory
@@ -109,13 +109,27 @@ class Datapath(wiring.Component):
     only updates the on-chip mirrors, the CAM, the action table and the hash
     key, and reports bucket/stash lines to the cuckoo engine's bucket cache;
     ``mw`` is always ready and ``mw_done`` pulses the cycle after).
+
+    ``rewriters``: 2 (default) header rewriters taking frames in turn, so frames
+    of any length leave at one beat per cycle; 1 for a small FPGA build (about
+    26k LUT4s less on an ECP5): a rewriter spends at least one idle cycle per
+    frame, so one-beat frames then leave at most every other cycle.  Output is
+    the same frames in the same order either way.
+
+    ``bucket_cache``: the cuckoo engine's on-chip bucket cache lines
+    (``CuckooEngine.bucket_cache_lines``: default one per bucket; 0 = none, so
+    every bucket and stash line of a lookup is a DRAM read; about 9k LUT4s less
+    on an ECP5 at 4 lookups).  Results are the same with or without it.
     """
 
     @checked_init
     def __init__(self, cfg: NicConfig | None = None, *, lookups: int = 128, frame_fifo: int = 512,
                  counters: int | None = None, counter_cache: int | None = None, wb_grant: bool = False,
-                 host_writes: str = "dram"):
+                 host_writes: str = "dram", rewriters: int = 2, bucket_cache: int | None = None):
         cfg = NicConfig() if cfg is None else cfg
+        if rewriters not in (1, 2):
+            raise ValueError(f"rewriters = {rewriters!r}: must be 1 (half the frame rate of one-beat frames, "
+                             f"for a small FPGA build) or 2 (frames alternate between them)")
         if host_writes not in ("dram", "mirror"):
             raise ValueError(f"host_writes = {host_writes!r}: must be 'dram' (Type 2: host writes go to DRAM) "
                              f"or 'mirror' (Type 1: they only update the on-chip mirrors)")
@@ -140,7 +154,7 @@ class Datapath(wiring.Component):
         ctx_bits = (lookups - 1).bit_length()
         self.cuckoo = CuckooEngine(n_buckets=cfg.n_buckets, buckets_off=r["buckets"][0], stash_off=r["stash"][0],
                                    n_stash=cfg.n_stash, flows_off=r["flows"][0], max_outstanding=lookups,
-                                   axi_id_bits=ctx_bits, tag_bits=1)
+                                   axi_id_bits=ctx_bits, tag_bits=1, bucket_cache_lines=bucket_cache)
         # Default: a delta line on chip for every counter line, so a counter update never waits
         # for a DRAM read-modify-write (with flows chosen at random, a smaller cache evicts on
         # nearly every update and its RMWs, not the lookups, bound the packet rate).
@@ -148,7 +162,7 @@ class Datapath(wiring.Component):
         counter_cache = 1 << (lines - 1).bit_length() if counter_cache is None else counter_cache
         self.counter_block = CounterBlock(n_counters=self._n_counters, counters_off=r["counters"][0],
                                           cache_lines=max(2, counter_cache), wb_grant=wb_grant)
-        self.rewriters = [HeaderRewriter(min_frame=cfg.min_frame, max_frame=cfg.max_frame) for _ in range(2)]
+        self.rewriters = [HeaderRewriter(min_frame=cfg.min_frame, max_frame=cfg.max_frame) for _ in range(rewriters)]
         self._frame_fifo = frame_fifo
         self._lookups = lookups
         child_id = max(len(self.cuckoo.m_axi_arid), len(self.counter_block.m_axi_arid), 1)
@@ -475,9 +489,8 @@ class Datapath(wiring.Component):
             mine = head & (rr == k) & (~first | meta.w_rdy)
             m.d.comb += [rw.i.valid.eq(mine), rw.i.payload.eq(fb),
                          rw.act.valid.eq(mine & first), rw.act.payload.eq(Mux(rt.discard, 0, rt.act.as_value()))]
-        fwd = Signal()
-        m.d.comb += fwd.eq(Mux(rr, self.rewriters[1].i.valid & self.rewriters[1].i.ready,
-                               self.rewriters[0].i.valid & self.rewriters[0].i.ready))
+        fwd = Signal()                               # the head beat goes into its rewriter
+        m.d.comb += fwd.eq(Cat(rw.i.valid & rw.i.ready for rw in self.rewriters).any())
         mt_in = Signal(_META)
         m.d.comb += [
             frames.r_en.eq(fwd),
@@ -488,15 +501,17 @@ class Datapath(wiring.Component):
         with m.If(fwd):
             m.d.sync += first.eq(fb.last)
             with m.If(fb.last):
-                m.d.sync += rr.eq(~rr)
+                if len(self.rewriters) == 2:
+                    m.d.sync += rr.eq(~rr)
 
         # ---------------------------------------------------------------- merge, verdicts, outputs
         rw_o = self.rewriters[0].o
         cur = Signal()
         ro = Signal.like(rw_o.payload)
         ro_valid = Signal()
-        m.d.comb += [ro.eq(Mux(cur, self.rewriters[1].o.payload.as_value(), rw_o.payload.as_value())),
-                     ro_valid.eq(Mux(cur, self.rewriters[1].o.valid, rw_o.valid))]
+        rw_l = self.rewriters[-1].o                  # rewriter 1 (rewriter 0 again when there is one)
+        m.d.comb += [ro.eq(Mux(cur, rw_l.payload.as_value(), rw_o.payload.as_value())),
+                     ro_valid.eq(Mux(cur, rw_l.valid, rw_o.valid))]
         verdict = ro.verdict
         bad_port = Signal()
         m.d.comb += bad_port.eq(ro.out_port >= cfg.n_ports)
@@ -522,8 +537,9 @@ class Datapath(wiring.Component):
                                                          DropReason.ACTION)))]
         end = taken & ro.beat.last
         m.d.comb += meta.r_en.eq(end)
-        with m.If(end):
-            m.d.sync += cur.eq(~cur)
+        if len(self.rewriters) == 2:
+            with m.If(end):
+                m.d.sync += cur.eq(~cur)
         bump("out_frames", end & to_out)
         bump("upcall_frames", end & to_up)
         bump("drop_frames", end & to_drop)

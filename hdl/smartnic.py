@@ -246,14 +246,16 @@ class SmartNic(wiring.Component):
     def __init__(self, cfg: NicConfig | None = None, *, cxl_type: int = 2, lookups: int = 128,
                  frame_fifo: int = 512, counters: int | None = None, counter_cache: int | None = None,
                  mem_depth: int = 32, filter_entries: int = 64, host_base: int = 0, cache_sets: int = 64,
-                 cache_ways: int = 4, cache_trackers: int = 16):
+                 cache_ways: int = 4, cache_trackers: int = 16, rewriters: int = 2,
+                 bucket_cache: int | None = None):
         if cxl_type not in CXL_TYPES:
             raise ValueError(f"cxl_type = {cxl_type!r}: must be 1 (tables in host memory behind CXL.cache) or "
                              f"2 (tables in device DRAM behind CXL.mem); supported: {CXL_TYPES}")
         self.cxl_type = cxl_type
         self.datapath = Datapath(cfg, lookups=lookups, frame_fifo=frame_fifo, counters=counters,
                                  counter_cache=counter_cache, wb_grant=cxl_type == 2,
-                                 host_writes="dram" if cxl_type == 2 else "mirror")
+                                 host_writes="dram" if cxl_type == 2 else "mirror", rewriters=rewriters,
+                                 bucket_cache=bucket_cache)
         self.cfg = self.datapath.cfg
         dp = self.datapath.signature.members
         common = {

@@ -70,7 +70,8 @@ ROOT = Path(__file__).resolve().parent.parent
 DEVICES = ("25k", "45k", "85k", "um-25k", "um-45k", "um-85k", "um5g-25k", "um5g-45k", "um5g-85k")
 #: The reduced NicConfig fields (the rest keep their defaults) and Datapath parameters; see the docstring.
 REDUCED_CFG = {"cam_entries": 32, "n_rules": 256, "n_actions": 1024, "n_buckets": 256, "n_stash": 1}
-REDUCED_DP = {"lookups": 32, "frame_fifo": 512, "counters": None, "counter_cache": 256}
+REDUCED_DP = {"lookups": 32, "frame_fifo": 512, "counters": None, "counter_cache": 256, "rewriters": 2,
+              "bucket_cache": None}
 #: nextpnr utilisation names -> report names
 RESOURCES = {"TRELLIS_COMB": "luts", "TRELLIS_FF": "ffs", "DP16KD": "bram_dp16kd", "MULT18X18D": "dsp_mult18x18d",
              "TRELLIS_RAMW": "lutram_ramw", "TRELLIS_IO": "io", "ALU54B": "alu54b"}
@@ -320,7 +321,7 @@ def make_config(args):
         if v is not None:
             cfg_kw[name] = v
     dp_kw = dict(REDUCED_DP)
-    for name in ("lookups", "frame_fifo", "counter_cache"):
+    for name in ("lookups", "frame_fifo", "counter_cache", "rewriters", "bucket_cache"):
         v = getattr(args, name)
         if v is not None:
             dp_kw[name] = v
@@ -459,6 +460,9 @@ def parse_args(argv=None):
     g.add_argument("--lookups", type=int, help=f"Datapath lookups ({REDUCED_DP['lookups']})")
     g.add_argument("--frame-fifo", type=int, help=f"Datapath frame_fifo beats ({REDUCED_DP['frame_fifo']})")
     g.add_argument("--counter-cache", type=int, help=f"Datapath counter_cache lines ({REDUCED_DP['counter_cache']})")
+    g.add_argument("--rewriters", type=int, help=f"Datapath rewriters, 1 or 2 ({REDUCED_DP['rewriters']})")
+    g.add_argument("--bucket-cache", type=int,
+                   help=f"Datapath bucket_cache lines, 0 = none ({REDUCED_DP['bucket_cache']}: one per bucket)")
     ap.add_argument("--block", default="datapath", metavar="NAME",
                     help="synthesize this RTL block of the reduced configuration out of context instead of the "
                          "datapath top (a name from 'cxlnic verilog --help': smartnic, smartnic_type1, parser, "
@@ -570,7 +574,8 @@ def main(argv=None) -> int:
             end()
             begin("yosys_generic")
             g = stage_generic(yosys, out)
-            dflt = {"lookups": 128, "frame_fifo": 512, "counters": None, "counter_cache": None}
+            dflt = {"lookups": 128, "frame_fifo": 512, "counters": None, "counter_cache": None, "rewriters": 2,
+                    "bucket_cache": None}
             rep["generic_full"] = {"config": {**config_record(full, dflt), "name": "default (full size)"},
                                    "script": "read_rtlil; synth -top datapath -run begin:fine; stat "
                                              "(word-level cells, memories kept as $mem_v2)", **g}

@@ -199,6 +199,7 @@ def test_missing_tool(tmp_path, capsys):
     (["--cam-entries", "48"], "power of two"),
     (["--frame-fifo", "16"], "frame_fifo"),
     (["--rules", "16", "--cam-entries", "64"], "cam_entries"),
+    (["--rewriters", "3"], "rewriters = 3"),
 ])
 def test_bad_configuration(tmp_path, capsys, argv, what):
     out = tmp_path / "s"
