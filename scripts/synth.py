@@ -31,22 +31,21 @@ each stage, the git commit and ``complete``: true only when every stage run succ
 exits non-zero and leaves a report with ``complete: false``, ``failed_stage`` and ``error``.
 
 Reduced configuration (for an LFE5U-85F: 83,640 LUT4s and FFs, 208 DP16KD, 156 MULT18X18D)
-    ``cam_entries`` 32 (the ternary CAM is held in flip-flops, ~850 per entry: the value and mask of
-    the ~370-bit packet key, action and counter; 64 entries alone are 54k of the device's 83.6k FFs),
-    ``n_rules`` 256, ``n_actions`` 1024 (the action memory is 512 bits wide: 29 DP16KD per 1024
-    actions; the default 4096 would take 116), ``n_buckets`` 256 (the on-chip bucket cache holds one
-    386-bit line per bucket: 11 DP16KD at 256 buckets, 88+ at the default 4096), ``n_stash`` 1,
-    ``max_frame`` 9216 (jumbo frames kept: the frame FIFO must hold two of them); Datapath
-    ``lookups`` 32 (outstanding cuckoo lookups: per-context state and the in-order retirement logic
-    scale with it), ``frame_fifo`` 512 beats (>= two 9216-byte frames = 290 beats; one DP16KD is 512
-    deep in its 36-bit mode, so 512 costs no more than 290), ``counter_cache`` 256 delta lines
-    (15 DP16KD; the default sizes it to every counter line: 16384 x 512 bits at the full
-    configuration, 455 DP16KD).  The parser, hasher, resolve and both rewriters are the same logic
-    as at full size.  Measured (``docs/synth.md``): this build does NOT fit the 85k device
-    (TRELLIS_COMB 160,077 of 83,640; FFs 80,241; DP16KD 108), and no setting of these parameters
-    can make it fit: the blocks they do not size (two HeaderRewriters, the parser, the hasher) are
-    ~67k LUT4s by themselves.  ``make synth`` therefore currently ends in the ``nextpnr`` stage
-    with "does not fit", after ~36 min on 2 shared cores (35 of them in Yosys).
+    ``cam_entries`` 8 (the ternary CAM is held in flip-flops, ~850 per entry: the value and mask of
+    the ~370-bit packet key, action and counter), ``n_rules`` 256, ``n_actions`` 1024 (the action
+    memory is 512 bits wide: 29 DP16KD per 1024 actions; the default 4096 would take 116),
+    ``n_buckets`` 256, ``n_stash`` 1, ``max_frame`` 9216 (jumbo frames kept: the frame FIFO must
+    hold two of them); Datapath ``lookups`` 4 (outstanding cuckoo lookups: per-context state and
+    the in-order retirement logic scale with it), ``rewriters`` 1 (one HeaderRewriter instead of
+    two, ~26k LUT4s less: one-beat frames then leave at most every other cycle),
+    ``bucket_cache`` 0 (no on-chip bucket cache: its three probe lanes are ~9k LUT4s; every
+    bucket line is a DRAM read), ``frame_fifo`` 512 beats (>= two 9216-byte frames = 290 beats;
+    one DP16KD is 512 deep in its 36-bit mode, so 512 costs no more than 290), ``counter_cache``
+    256 delta lines (15 DP16KD; the default sizes it to every counter line: 16384 x 512 bits at
+    the full configuration, 455 DP16KD).  The parser, hasher, resolve, rewriter and counter logic
+    are the same as at full size; ``tests/test_datapath_rtl.py::test_datapath_reduced_verilator``
+    runs this structure against the golden model.  Measured (``docs/synth.md``): 69,592 of 83,640
+    TRELLIS_COMB (83 %), 53,383 FFs, 103 DP16KD.
 """
 
 from __future__ import annotations
@@ -69,9 +68,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 DEVICES = ("25k", "45k", "85k", "um-25k", "um-45k", "um-85k", "um5g-25k", "um5g-45k", "um5g-85k")
 #: The reduced NicConfig fields (the rest keep their defaults) and Datapath parameters; see the docstring.
-REDUCED_CFG = {"cam_entries": 32, "n_rules": 256, "n_actions": 1024, "n_buckets": 256, "n_stash": 1}
-REDUCED_DP = {"lookups": 32, "frame_fifo": 512, "counters": None, "counter_cache": 256, "rewriters": 2,
-              "bucket_cache": None}
+REDUCED_CFG = {"cam_entries": 8, "n_rules": 256, "n_actions": 1024, "n_buckets": 256, "n_stash": 1}
+REDUCED_DP = {"lookups": 4, "frame_fifo": 512, "counters": None, "counter_cache": 256, "rewriters": 1,
+              "bucket_cache": 0}
 #: nextpnr utilisation names -> report names
 RESOURCES = {"TRELLIS_COMB": "luts", "TRELLIS_FF": "ffs", "DP16KD": "bram_dp16kd", "MULT18X18D": "dsp_mult18x18d",
              "TRELLIS_RAMW": "lutram_ramw", "TRELLIS_IO": "io", "ALU54B": "alu54b"}
@@ -324,7 +323,7 @@ def make_config(args):
     for name in ("lookups", "frame_fifo", "counter_cache", "rewriters", "bucket_cache"):
         v = getattr(args, name)
         if v is not None:
-            dp_kw[name] = v
+            dp_kw[name] = None if name == "bucket_cache" and v == -1 else v
     try:
         cfg = NicConfig(**cfg_kw)
     except ConfigError as e:
@@ -462,7 +461,7 @@ def parse_args(argv=None):
     g.add_argument("--counter-cache", type=int, help=f"Datapath counter_cache lines ({REDUCED_DP['counter_cache']})")
     g.add_argument("--rewriters", type=int, help=f"Datapath rewriters, 1 or 2 ({REDUCED_DP['rewriters']})")
     g.add_argument("--bucket-cache", type=int,
-                   help=f"Datapath bucket_cache lines, 0 = none ({REDUCED_DP['bucket_cache']}: one per bucket)")
+                   help=f"Datapath bucket_cache lines, 0 = none, -1 = one per bucket ({REDUCED_DP['bucket_cache']})")
     ap.add_argument("--block", default="datapath", metavar="NAME",
                     help="synthesize this RTL block of the reduced configuration out of context instead of the "
                          "datapath top (a name from 'cxlnic verilog --help': smartnic, smartnic_type1, parser, "

@@ -200,6 +200,7 @@ def test_missing_tool(tmp_path, capsys):
     (["--frame-fifo", "16"], "frame_fifo"),
     (["--rules", "16", "--cam-entries", "64"], "cam_entries"),
     (["--rewriters", "3"], "rewriters = 3"),
+    (["--bucket-cache", "100"], "bucket_cache_lines = 100"),
 ])
 def test_bad_configuration(tmp_path, capsys, argv, what):
     out = tmp_path / "s"
@@ -248,3 +249,27 @@ def test_unknown_block(tmp_path, capsys):
     assert "synth FAILED in stage config: unknown block 'no_such_block'" in err and "rewrite" in err
     rep = _report(out)
     assert rep["complete"] is False and rep["failed_stage"] == "config"
+
+
+@pytest.mark.parametrize("argv, cache, rewriters, lookups", [
+    ([], 0, 1, 4),                                       # the documented reduced build
+    (["--bucket-cache", "-1"], 256, 1, 4),               # -1: one line per bucket (n_buckets 256)
+    (["--bucket-cache", "64", "--rewriters", "2", "--lookups", "8"], 64, 2, 8),
+])
+def test_overrides_reach_the_datapath(argv, cache, rewriters, lookups):
+    """The command-line structure options end up in the Datapath that is synthesized."""
+    import gc
+    import warnings
+
+    from amaranth.hdl import UnusedElaboratable
+
+    cfg, dp_kw = synth.make_config(synth.parse_args(argv))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UnusedElaboratable)   # built to inspect, never elaborated
+        dp = synth.build_datapath(cfg, dp_kw)
+        assert dp.cuckoo.bucket_cache_lines == cache
+        assert len(dp.rewriters) == rewriters
+        assert dp.cuckoo.max_outstanding == lookups
+        assert cfg.cam_entries == 8 and dp.cam.entries == 8
+        del dp
+        gc.collect()
